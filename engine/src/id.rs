@@ -1,0 +1,199 @@
+//! Object ids: 512-bit BLAKE3 XOF of the key, printed as 128 lowercase hex chars
+//! (Elliptics' id size, so its dump files are valid input).
+
+use std::fmt;
+use std::str::FromStr;
+
+use bincode::{Decode, Encode};
+
+/// Bytes in an id.
+pub const ID_LEN: usize = 64;
+
+/// Number of partitions: the top 16 bits of an id.
+pub const PARTITIONS: u32 = 1 << 16;
+
+/// A 512-bit object id.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct Id(pub [u8; ID_LEN]);
+
+impl Id {
+    /// The smallest id.
+    pub const MIN: Id = Id([0; ID_LEN]);
+    /// The largest id.
+    pub const MAX: Id = Id([0xff; ID_LEN]);
+
+    /// The id of a user key: BLAKE3 in XOF mode, 64 bytes.
+    pub fn from_key(key: &[u8]) -> Id {
+        let mut out = [0u8; ID_LEN];
+        blake3::Hasher::new()
+            .update(key)
+            .finalize_xof()
+            .fill(&mut out);
+        Id(out)
+    }
+
+    /// The partition this id falls in (its top 16 bits).
+    pub fn partition(&self) -> u16 {
+        u16::from_be_bytes([self.0[0], self.0[1]])
+    }
+
+    /// The first id of a partition.
+    pub fn partition_start(partition: u16) -> Id {
+        let mut id = Id::MIN;
+        id.0[..2].copy_from_slice(&partition.to_be_bytes());
+        id
+    }
+
+    /// The id as 128 lowercase hex characters.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The id right after this one, or `None` for [`Id::MAX`].
+    pub fn successor(&self) -> Option<Id> {
+        let mut next = *self;
+        for byte in next.0.iter_mut().rev() {
+            if *byte == 0xff {
+                *byte = 0;
+            } else {
+                *byte += 1;
+                return Some(next);
+            }
+        }
+        None
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Sixteen hex chars are enough to tell ids apart in logs and test failures.
+        write!(f, "Id({}…)", &self.to_hex()[..16])
+    }
+}
+
+/// Why a string is not an id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseIdError {
+    /// The string is not 128 characters long.
+    #[error("an id is 128 hex characters, this one has {0}")]
+    Length(usize),
+    /// A character is not a hex digit.
+    #[error("an id is made of hex digits, found {0:?}")]
+    NotHex(char),
+}
+
+impl FromStr for Id {
+    type Err = ParseIdError;
+
+    /// Parses 128 hex characters, upper or lower case.
+    fn from_str(s: &str) -> Result<Id, ParseIdError> {
+        if s.len() != ID_LEN * 2 {
+            return Err(ParseIdError::Length(s.chars().count()));
+        }
+        if let Some(bad) = s.chars().find(|c| !c.is_ascii_hexdigit()) {
+            return Err(ParseIdError::NotHex(bad));
+        }
+        let mut out = [0u8; ID_LEN];
+        hex::decode_to_slice(s, &mut out).map_err(|_| ParseIdError::Length(s.len()))?;
+        Ok(Id(out))
+    }
+}
+
+/// A half-open range of ids `[start, end)`; `end == None` means up to and including
+/// [`Id::MAX`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Encode, Decode)]
+pub struct IdRange {
+    /// First id in the range.
+    pub start: Id,
+    /// First id past the range, or `None` for "to the end of the id space".
+    pub end: Option<Id>,
+}
+
+impl IdRange {
+    /// The whole id space.
+    pub const ALL: IdRange = IdRange {
+        start: Id::MIN,
+        end: None,
+    };
+
+    /// The ids of partitions `first..=last`.
+    pub fn partitions(first: u16, last: u16) -> IdRange {
+        IdRange {
+            start: Id::partition_start(first),
+            end: last.checked_add(1).map(Id::partition_start),
+        }
+    }
+
+    /// Whether `id` lies in the range.
+    pub fn contains(&self, id: &Id) -> bool {
+        *id >= self.start && self.end.is_none_or(|end| *id < end)
+    }
+
+    /// Whether the range holds no id.
+    pub fn is_empty(&self) -> bool {
+        self.end.is_some_and(|end| end <= self.start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_in_either_case() {
+        let id = Id::from_key(b"hello");
+        assert_eq!(id.to_hex().parse::<Id>().unwrap(), id);
+        assert_eq!(id.to_hex().to_uppercase().parse::<Id>().unwrap(), id);
+    }
+
+    #[test]
+    fn malformed_ids_are_refused_with_a_reason() {
+        assert_eq!("abc".parse::<Id>(), Err(ParseIdError::Length(3)));
+        let bad = format!("{}g", "0".repeat(127));
+        assert_eq!(bad.parse::<Id>(), Err(ParseIdError::NotHex('g')));
+    }
+
+    #[test]
+    fn partition_ranges_cover_their_partitions_only() {
+        let r = IdRange::partitions(5, 6);
+        assert!(r.contains(&Id::partition_start(5)));
+        assert!(r.contains(&Id::partition_start(7).0.into_pred()));
+        assert!(!r.contains(&Id::partition_start(7)));
+        assert!(!r.contains(&Id::partition_start(4)));
+        assert!(IdRange::partitions(0, u16::MAX).contains(&Id::MAX));
+    }
+
+    trait Pred {
+        fn into_pred(self) -> Id;
+    }
+    impl Pred for [u8; ID_LEN] {
+        fn into_pred(self) -> Id {
+            let mut v = self;
+            for b in v.iter_mut().rev() {
+                if *b == 0 {
+                    *b = 0xff;
+                } else {
+                    *b -= 1;
+                    break;
+                }
+            }
+            Id(v)
+        }
+    }
+
+    #[test]
+    fn successor_carries() {
+        let mut id = Id::MIN;
+        id.0[63] = 0xff;
+        let next = id.successor().unwrap();
+        assert_eq!(next.0[62], 1);
+        assert_eq!(next.0[63], 0);
+        assert_eq!(Id::MAX.successor(), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! The storage node: serves wire requests from its store.

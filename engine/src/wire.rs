@@ -1,0 +1,349 @@
+//! The wire protocol: messages and their framing. The only module that knows bytes on the
+//! wire.
+//!
+//! Every request travels on its own QUIC bidirectional stream. A frame is a big-endian u32
+//! length followed by a bincode 2 payload; the length is checked against [`MAX_FRAME`]
+//! before anything is allocated, and decoding is limited to the same size. The first
+//! stream of a connection carries [`Request::Hello`] with the protocol version.
+//!
+//! Values do not travel in frames: after a [`Request::Write`] header (or a
+//! [`Response::Value`] header) exactly `version.size` raw bytes follow on the same stream,
+//! so values of any size move with bounded memory and no framing overhead.
+
+use bincode::{Decode, Encode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::fingerprint::Fingerprint;
+use crate::id::{Id, IdRange};
+use crate::route::RouteList;
+use crate::store::PutOutcome;
+use crate::version::{Record, Version};
+
+/// The protocol version spoken by this build; a peer with another one is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame payload either side sends or accepts.
+pub const MAX_FRAME: usize = 8 << 20;
+
+/// Clients keep the values of one [`Request::WriteBatch`] under this many bytes.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Values up to this size go in a [`Request::WriteBatch`]; larger ones are streamed.
+pub const SMALL_VALUE: u64 = 256 << 10;
+
+/// The bincode configuration of every frame.
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME>()
+}
+
+/// A request from a client (or the engine) to a node.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum Request {
+    /// First stream of a connection: the protocol version the client speaks.
+    Hello {
+        /// The client's [`PROTOCOL_VERSION`].
+        protocol: u32,
+    },
+    /// The node's route list.
+    RouteList,
+    /// The records of these ids (at most [`MAX_LOOKUP`]).
+    Lookup {
+        /// Ids to look up.
+        ids: Vec<Id>,
+    },
+    /// Every record in `range`, in id order, streamed in batches, filtered.
+    Iterate {
+        /// The ids to iterate.
+        range: IdRange,
+        /// Only versions with a timestamp at or after this (ns).
+        since: Option<u64>,
+        /// Only versions whose user_flags share a bit with one of these (empty: all).
+        user_flags: Vec<u64>,
+    },
+    /// Fingerprints of `ranges`, each split into `split` equal parts of the id space.
+    Fingerprints {
+        /// The ranges to fingerprint.
+        ranges: Vec<IdRange>,
+        /// Parts per range (1 = the range itself).
+        split: u16,
+    },
+    /// A value: answered with [`Response::Value`] then its raw bytes.
+    Read {
+        /// The object.
+        id: Id,
+    },
+    /// Writes a value of any size: exactly `version.size` raw bytes follow this frame.
+    Write {
+        /// The object.
+        id: Id,
+        /// The version it is written with.
+        version: Version,
+    },
+    /// Writes small values (and tombstones) in one transaction.
+    WriteBatch {
+        /// The values.
+        items: Vec<BatchItem>,
+    },
+    /// Removes the copy of `id` if it is exactly `version` (a misplaced copy, after its
+    /// owner confirmed it).
+    Remove {
+        /// The object.
+        id: Id,
+        /// The version the caller saw.
+        version: Version,
+    },
+    /// Installs a newer route list.
+    PushRoute {
+        /// The new route list.
+        route: RouteList,
+    },
+}
+
+/// Ids per [`Request::Lookup`].
+pub const MAX_LOOKUP: usize = 16 * 1024;
+
+/// One value of a [`Request::WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct BatchItem {
+    /// The object.
+    pub id: Id,
+    /// Its version.
+    pub version: Version,
+    /// Its value (empty for a tombstone).
+    pub value: Vec<u8>,
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum Response {
+    /// Answer to [`Request::Hello`].
+    Hello {
+        /// The node's [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// The node's id.
+        node: String,
+        /// The node's group.
+        group: u32,
+        /// The epoch of the node's route list.
+        epoch: u64,
+    },
+    /// Answer to [`Request::RouteList`].
+    RouteList(RouteList),
+    /// Answer to [`Request::Lookup`]: one entry per id, in order.
+    Records(Vec<Option<Record>>),
+    /// A batch of [`Request::Iterate`]; more follow until [`Response::End`].
+    Iterated(Vec<(Id, Record)>),
+    /// Answer to [`Request::Fingerprints`]: `split` fingerprints per range, in order.
+    Fingerprints(Vec<Fingerprint>),
+    /// The end of a streamed answer, with the number of records sent.
+    End {
+        /// Records sent.
+        count: u64,
+    },
+    /// Answer to [`Request::Read`]: exactly `version.size` raw bytes follow.
+    Value {
+        /// The version being sent.
+        version: Version,
+    },
+    /// Answer to [`Request::Read`] when the node has no record, or only a tombstone
+    /// (then `version` says which).
+    NoValue {
+        /// The tombstone, if there is one.
+        version: Option<Version>,
+    },
+    /// Answer to [`Request::Write`].
+    Written(PutOutcome),
+    /// Answer to [`Request::WriteBatch`]: one outcome per item, in order.
+    BatchWritten(Vec<PutOutcome>),
+    /// Answer to [`Request::Remove`]: whether the copy was removed.
+    Removed(bool),
+    /// Answer to [`Request::PushRoute`]: the epoch now in force.
+    RouteAccepted {
+        /// The node's epoch after the push.
+        epoch: u64,
+    },
+    /// The request failed; the stream ends here.
+    Error(RemoteError),
+}
+
+/// A failure reported by a node.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct RemoteError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// What the node says about it.
+    pub message: String,
+}
+
+/// Kinds of [`RemoteError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum ErrorKind {
+    /// The request was malformed or came before the handshake.
+    Protocol,
+    /// The request is well-formed but not acceptable (too many ids, bad range, …).
+    BadRequest,
+    /// The node's store failed.
+    Storage,
+    /// A pushed route list is older than the node's, or invalid.
+    Route,
+}
+
+/// Errors of framing and decoding.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// A frame is larger than [`MAX_FRAME`].
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge {
+        /// The length announced or encoded.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The payload is not a valid message.
+    #[error("malformed frame: {0}")]
+    Decode(String),
+    /// The message could not be encoded.
+    #[error("cannot encode frame: {0}")]
+    Encode(String),
+    /// The stream ended in the middle of a frame or a value.
+    #[error("stream ended in the middle of a frame")]
+    Truncated,
+    /// The stream failed.
+    #[error("stream failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Encodes `msg` as one frame: length prefix and payload.
+pub fn encode_frame<T: Encode>(msg: &T) -> Result<Vec<u8>, WireError> {
+    let mut out = vec![0u8; 4];
+    bincode::encode_into_std_write(msg, &mut out, bincode::config::standard())
+        .map_err(|e| WireError::Encode(e.to_string()))?;
+    let len = out.len() - 4;
+    if len > MAX_FRAME {
+        return Err(WireError::FrameTooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    out[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(out)
+}
+
+/// Decodes one frame's payload (without its length prefix); trailing bytes are an error.
+pub fn decode_payload<T: Decode<()>>(payload: &[u8]) -> Result<T, WireError> {
+    if payload.len() > MAX_FRAME {
+        return Err(WireError::FrameTooLarge {
+            len: payload.len(),
+            max: MAX_FRAME,
+        });
+    }
+    let (msg, used) = bincode::decode_from_slice(payload, config())
+        .map_err(|e| WireError::Decode(e.to_string()))?;
+    if used != payload.len() {
+        return Err(WireError::Decode(format!(
+            "{} trailing bytes after the message",
+            payload.len() - used
+        )));
+    }
+    Ok(msg)
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Encode>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), WireError> {
+    w.write_all(&encode_frame(msg)?).await?;
+    Ok(())
+}
+
+/// Reads one frame; `Ok(None)` when the stream ends cleanly before a frame starts.
+pub async fn read_frame<R: AsyncRead + Unpin, T: Decode<()>>(
+    r: &mut R,
+) -> Result<Option<T>, WireError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut len[got..]).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(WireError::Truncated)
+            };
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::FrameTooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => WireError::Truncated,
+            _ => WireError::Io(e),
+        })?;
+    decode_payload(&payload).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let req = Request::Lookup {
+            ids: vec![Id::from_key(b"a"), Id::from_key(b"b")],
+        };
+        let frame = encode_frame(&req).unwrap();
+        let back: Request = decode_payload(&frame[4..]).unwrap();
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_on_encode() {
+        let req = Request::WriteBatch {
+            items: vec![BatchItem {
+                id: Id::MIN,
+                version: Version::tombstone(1),
+                value: vec![7; MAX_FRAME + 1],
+            }],
+        };
+        assert!(matches!(
+            encode_frame(&req),
+            Err(WireError::FrameTooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn oversized_length_prefix_is_refused_before_allocating() {
+        let mut bytes: &[u8] = &u32::MAX.to_be_bytes();
+        let got = read_frame::<_, Request>(&mut bytes).await;
+        assert!(
+            matches!(got, Err(WireError::FrameTooLarge { .. })),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn garbage_and_trailing_bytes_are_refused() {
+        assert!(decode_payload::<Request>(&[0xff, 0xff, 0xff]).is_err());
+        let mut frame = encode_frame(&Request::RouteList).unwrap();
+        frame.push(0);
+        assert!(decode_payload::<Request>(&frame[4..]).is_err());
+    }
+
+    #[test]
+    fn a_huge_vec_length_inside_a_small_frame_is_refused() {
+        // Variant Lookup followed by a varint length of 2^60 ids: the limit stops it.
+        let mut payload = vec![2u8, 0xff];
+        payload.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode_payload::<Request>(&payload).is_err());
+    }
+}
