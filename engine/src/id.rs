@@ -141,6 +141,84 @@ impl IdRange {
     }
 }
 
+/// The top 64 bits of an id, as a position in the id space.
+fn prefix(id: &Id) -> u128 {
+    u128::from(u64::from_be_bytes(id.0[..8].try_into().expect("8 bytes")))
+}
+
+/// The first id whose top 64 bits are `p` (`None` past the end of the space).
+fn at_prefix(p: u128) -> Option<Id> {
+    let p = u64::try_from(p).ok()?;
+    let mut id = Id::MIN;
+    id.0[..8].copy_from_slice(&p.to_be_bytes());
+    Some(id)
+}
+
+/// Cuts `range` into `n` consecutive parts of near-equal width (at the resolution of the
+/// top 64 bits of the id; parts narrower than that are empty). The parts cover exactly
+/// `range`; there are always `n` of them.
+pub fn split_range(range: &IdRange, n: u16) -> Vec<IdRange> {
+    let n = u128::from(n.max(1));
+    let lo = prefix(&range.start);
+    let hi = range.end.map_or(1u128 << 64, |e| prefix(&e));
+    let width = hi.saturating_sub(lo);
+    let mut parts = Vec::with_capacity(n as usize);
+    let mut start = range.start;
+    for i in 1..=n {
+        let end = if i == n {
+            range.end
+        } else {
+            at_prefix(lo + width * i / n).map(|cut| cut.max(start))
+        };
+        let end = match (end, range.end) {
+            (Some(e), Some(limit)) => Some(e.min(limit)),
+            (e, _) => e,
+        };
+        parts.push(IdRange { start, end });
+        if let Some(e) = end {
+            start = e;
+        }
+    }
+    parts
+}
+
+/// The whole partitions inside `range`, and the partial ranges at its edges; `None` if no
+/// partition lies wholly inside.
+pub fn whole_partitions(range: &IdRange) -> Option<(u16, u16, Vec<IdRange>)> {
+    let first = if range.start == Id::partition_start(range.start.partition()) {
+        u32::from(range.start.partition())
+    } else {
+        u32::from(range.start.partition()) + 1
+    };
+    // One past the last whole partition.
+    let end = match range.end {
+        None => PARTITIONS,
+        Some(e) => u32::from(e.partition()),
+    };
+    if first >= end {
+        return None;
+    }
+    let (first16, last16) = (u16::try_from(first).ok()?, u16::try_from(end - 1).ok()?);
+    let mut edges = Vec::new();
+    let head = IdRange {
+        start: range.start,
+        end: Some(Id::partition_start(first16)),
+    };
+    if !head.is_empty() {
+        edges.push(head);
+    }
+    if let Some(e) = range.end {
+        let tail = IdRange {
+            start: Id::partition_start(e.partition()),
+            end: Some(e),
+        };
+        if !tail.is_empty() {
+            edges.push(tail);
+        }
+    }
+    Some((first16, last16, edges))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +263,48 @@ mod tests {
             }
             Id(v)
         }
+    }
+
+    #[test]
+    fn split_range_covers_the_range_in_order() {
+        for range in [
+            IdRange::ALL,
+            IdRange::partitions(3, 9),
+            IdRange::partitions(7, 7),
+        ] {
+            let parts = split_range(&range, 16);
+            assert_eq!(parts.len(), 16);
+            assert_eq!(parts[0].start, range.start);
+            assert_eq!(parts[15].end, range.end);
+            for w in parts.windows(2) {
+                assert_eq!(w[0].end, Some(w[1].start));
+            }
+            let id = Id::from_key(b"k");
+            if range.contains(&id) {
+                assert_eq!(parts.iter().filter(|p| p.contains(&id)).count(), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn whole_partitions_and_edges() {
+        let (a, b, edges) = whole_partitions(&IdRange::partitions(3, 9)).unwrap();
+        assert_eq!((a, b, edges.len()), (3, 9, 0));
+        let mut start = Id::partition_start(3);
+        start.0[5] = 1;
+        let mut end = Id::partition_start(9);
+        end.0[9] = 1;
+        let (a, b, edges) = whole_partitions(&IdRange {
+            start,
+            end: Some(end),
+        })
+        .unwrap();
+        assert_eq!((a, b, edges.len()), (4, 8, 2));
+        assert!(whole_partitions(&IdRange {
+            start,
+            end: Some(Id::partition_start(4))
+        })
+        .is_none());
     }
 
     #[test]

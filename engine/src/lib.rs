@@ -4,11 +4,15 @@
 //! See `ARCHITECTURE.md` at the repository root for the map and the invariants.
 
 pub mod client;
+pub mod compare;
+pub mod dump;
 pub mod fingerprint;
 pub mod id;
 pub mod node;
 pub mod pki;
+pub mod reconcile;
 pub mod route;
+pub mod scrub;
 pub mod store;
 pub mod transport;
 pub mod version;

@@ -1,1 +1,729 @@
-//! The storage node: serves wire requests from its store.
+//! The storage node: one QUIC endpoint, one store, one group. Serves wire requests from its
+//! store; every request on its own stream, handled concurrently up to a bound.
+//!
+//! What it must not do: trust a peer without a cluster certificate (the transport refuses
+//! those), allocate more than [`crate::wire::MAX_FRAME`] per request frame, or let one bad
+//! stream take down the connection or the node.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::pki::Credentials;
+use crate::route::{parse_addr, RouteError, RouteList, CLUSTER_FILE};
+use crate::store::{PutItem, Store, StoreError, CHUNK_SIZE};
+use crate::transport::{self, TransportError};
+use crate::wire::{self, ErrorKind, RemoteError, Request, Response, WireError};
+use crate::{Fingerprint, Id, IdRange};
+
+/// Requests a node handles at once, across all connections; more wait to be accepted.
+/// With [`wire::MAX_FRAME`] this bounds the memory request frames can make it hold.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Records per [`Response::Iterated`] batch.
+pub const ITERATE_BATCH: usize = 1024;
+
+/// Errors of starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The cluster file is missing, malformed or does not name this node.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The node's certificates are missing or unusable.
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    /// The endpoint could not start.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The data directory could not be created.
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a node shares between its connections.
+#[derive(Debug)]
+struct NodeState {
+    id: String,
+    group: u32,
+    store: Arc<dyn Store>,
+    cluster_dir: PathBuf,
+    route: Mutex<(RouteList, Option<SystemTime>)>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// A node serving on its endpoint until [`RunningNode::shutdown`].
+#[derive(Debug)]
+pub struct RunningNode {
+    /// The node's id.
+    pub id: String,
+    /// The address it listens on (with the real port when configured with port 0).
+    pub addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// Stops accepting, closes connections, and waits until the accept loop is done.
+    pub async fn shutdown(self) {
+        self.endpoint.close(0u32.into(), b"node shutting down");
+        self.endpoint.wait_idle().await;
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the store of node `id` of the cluster in `cluster_dir` (redb in its data dir).
+pub fn open_store(
+    cluster_dir: &Path,
+    route: &RouteList,
+    id: &str,
+) -> Result<Arc<dyn Store>, NodeError> {
+    let entry = route.node(id)?;
+    let dir = route.data_dir(cluster_dir, entry);
+    std::fs::create_dir_all(&dir).map_err(|source| NodeError::DataDir {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(Arc::new(crate::store::RedbStore::open(
+        &dir.join("store.redb"),
+    )?))
+}
+
+/// Starts node `id` of the cluster in `cluster_dir` with `store`. When the route list gives
+/// the node port 0, it binds a free port and records it in `cluster.toml` (under a lock, so
+/// nodes started together do not lose each other's updates).
+pub async fn start(
+    cluster_dir: &Path,
+    id: &str,
+    store: Arc<dyn Store>,
+) -> Result<RunningNode, NodeError> {
+    let route = RouteList::load(cluster_dir)?;
+    let entry = route.node(id)?.clone();
+    let creds = Credentials::for_node(cluster_dir, id)?;
+    let bind = parse_addr(&entry.addr)?;
+    let endpoint = transport::server_endpoint(bind, &creds)?;
+    let addr = endpoint
+        .local_addr()
+        .map_err(|source| TransportError::Bind { addr: bind, source })?;
+    let route = if bind.port() == 0 {
+        record_address(cluster_dir, id, addr)?
+    } else {
+        route
+    };
+    let mtime = cluster_mtime(cluster_dir);
+    let state = Arc::new(NodeState {
+        id: id.to_string(),
+        group: entry.group,
+        store,
+        cluster_dir: cluster_dir.to_path_buf(),
+        route: Mutex::new((route, mtime)),
+        in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+    });
+    let task = tokio::spawn(accept_loop(endpoint.clone(), state));
+    info!(node = id, %addr, "node serving");
+    Ok(RunningNode {
+        id: id.to_string(),
+        addr,
+        endpoint,
+        task,
+    })
+}
+
+fn cluster_mtime(dir: &Path) -> Option<SystemTime> {
+    std::fs::metadata(dir.join(CLUSTER_FILE))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+/// Writes the port a node actually bound into `cluster.toml`, under an exclusive lock.
+fn record_address(cluster_dir: &Path, id: &str, addr: SocketAddr) -> Result<RouteList, NodeError> {
+    let lock_path = cluster_dir.join(".cluster.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|source| RouteError::Write {
+        path: lock_path.clone(),
+        source,
+    })?;
+    lock.lock().map_err(|source| RouteError::Write {
+        path: lock_path,
+        source,
+    })?;
+    let mut route = RouteList::load(cluster_dir)?;
+    if let Some(n) = route.nodes.iter_mut().find(|n| n.id == id) {
+        n.addr = addr.to_string();
+    }
+    route.save(cluster_dir)?;
+    Ok(route)
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<NodeState>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => serve_connection(conn, state).await,
+                // Refused handshakes (no cluster certificate, wrong CA) end here.
+                Err(e) => debug!(%remote, "handshake refused: {e}"),
+            }
+        });
+    }
+}
+
+async fn serve_connection(conn: quinn::Connection, state: Arc<NodeState>) {
+    let remote = conn.remote_address();
+    let epoch = state.route.lock().expect("route lock").0.epoch;
+    if let Err(e) = transport::accept_hello(&conn, &state.id, state.group, epoch).await {
+        warn!(%remote, "handshake failed: {e}");
+        conn.close(1u32.into(), b"handshake failed");
+        return;
+    }
+    loop {
+        let permit = match state.in_flight.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(%remote, "connection ended: {e}");
+                return;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_stream(send, recv, &state, remote).await;
+        });
+    }
+}
+
+/// A request failed: what to tell the peer.
+struct Failure(ErrorKind, String);
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure(ErrorKind::Storage, e.to_string())
+    }
+}
+
+impl From<WireError> for Failure {
+    fn from(e: WireError) -> Self {
+        Failure(ErrorKind::Protocol, e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure(ErrorKind::Protocol, e.to_string())
+    }
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    state: &NodeState,
+    remote: SocketAddr,
+) {
+    let request = match wire::read_frame::<_, Request>(&mut recv).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            // A malformed or oversized frame ends this stream, never the connection.
+            warn!(%remote, "bad request frame: {e}");
+            let _ = recv.stop(1u32.into());
+            let _ = reply_error(&mut send, Failure(ErrorKind::Protocol, e.to_string())).await;
+            return;
+        }
+    };
+    let what = request.kind();
+    if let Err(failure) = handle(request, &mut send, &mut recv, state).await {
+        warn!(%remote, request = what, "request failed: {}", failure.1);
+        let _ = recv.stop(1u32.into());
+        let _ = reply_error(&mut send, failure).await;
+        return;
+    }
+    let _ = send.finish();
+}
+
+async fn reply_error(send: &mut quinn::SendStream, failure: Failure) -> Result<(), WireError> {
+    wire::write_frame(
+        send,
+        &Response::Error(RemoteError {
+            kind: failure.0,
+            message: failure.1,
+        }),
+    )
+    .await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+/// Runs blocking store work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Failure> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Failure::from),
+        Err(e) => Err(Failure(
+            ErrorKind::Storage,
+            format!("store task failed: {e}"),
+        )),
+    }
+}
+
+async fn handle(
+    request: Request,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    state: &NodeState,
+) -> Result<(), Failure> {
+    let store = state.store.clone();
+    let response = match request {
+        Request::Hello { .. } => {
+            return Err(Failure(
+                ErrorKind::Protocol,
+                "hello twice on one connection".into(),
+            ))
+        }
+        Request::RouteList => Response::RouteList(current_route(state)),
+        Request::Lookup { ids } => {
+            if ids.len() > wire::MAX_LOOKUP {
+                return Err(Failure(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "{} ids in one lookup, at most {}",
+                        ids.len(),
+                        wire::MAX_LOOKUP
+                    ),
+                ));
+            }
+            Response::Records(
+                blocking(move || ids.iter().map(|id| store.lookup(id)).collect()).await?,
+            )
+        }
+        Request::Iterate {
+            range,
+            since,
+            user_flags,
+        } => return iterate(send, store, range, since, user_flags).await,
+        Request::Fingerprints { ranges, split } => {
+            if split == 0 || ranges.len() * usize::from(split) > 65_536 {
+                return Err(Failure(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "{} ranges split {split} ways is out of bounds",
+                        ranges.len()
+                    ),
+                ));
+            }
+            Response::Fingerprints(blocking(move || fingerprints(&*store, &ranges, split)).await?)
+        }
+        Request::Summaries { ranges } => {
+            check_list(ranges.len())?;
+            Response::Summaries(blocking(move || summaries(&*store, &ranges)).await?)
+        }
+        Request::Records { ranges } => {
+            check_list(ranges.len())?;
+            Response::Found(blocking(move || records(&*store, &ranges)).await?)
+        }
+        Request::Read { id } => return read_value(send, store, id).await,
+        Request::Write { id, version } => return write_value(send, recv, store, id, version).await,
+        Request::WriteBatch { items } => Response::BatchWritten(
+            blocking(move || {
+                let batch: Vec<PutItem<'_>> = items
+                    .iter()
+                    .map(|i| PutItem {
+                        id: i.id,
+                        version: i.version,
+                        value: &i.value,
+                    })
+                    .collect();
+                store.put_batch(&batch)
+            })
+            .await?,
+        ),
+        Request::Remove { id, version } => {
+            Response::Removed(blocking(move || store.remove_exact(&id, &version)).await?)
+        }
+        Request::Scrub {
+            range,
+            after,
+            limit,
+        } => {
+            let limit = limit.clamp(1, wire::MAX_SCRUB_PAGE) as usize;
+            Response::Scrubbed(
+                blocking(move || crate::scrub::scrub_page(&*store, &range, after.as_ref(), limit))
+                    .await?,
+            )
+        }
+        Request::PushRoute { route } => push_route(state, route)?,
+    };
+    wire::write_frame(send, &response).await?;
+    Ok(())
+}
+
+/// The route list in force, re-read from `cluster.toml` when the file changed (a pushed or
+/// hand-edited list, or a peer that recorded its port).
+fn current_route(state: &NodeState) -> RouteList {
+    let mut guard = state.route.lock().expect("route lock");
+    let mtime = cluster_mtime(&state.cluster_dir);
+    if mtime != guard.1 {
+        match RouteList::load(&state.cluster_dir) {
+            Ok(fresh) if fresh.epoch >= guard.0.epoch => *guard = (fresh, mtime),
+            Ok(fresh) => warn!(
+                "ignoring {CLUSTER_FILE}: epoch {} is older than {}",
+                fresh.epoch, guard.0.epoch
+            ),
+            Err(e) => warn!("ignoring changed {CLUSTER_FILE}: {e}"),
+        }
+    }
+    guard.0.clone()
+}
+
+fn push_route(state: &NodeState, route: RouteList) -> Result<Response, Failure> {
+    let current = current_route(state);
+    route
+        .validate("pushed route list")
+        .map_err(|e| Failure(ErrorKind::Route, e.to_string()))?;
+    if route.epoch < current.epoch || (route.epoch == current.epoch && route != current) {
+        return Err(Failure(
+            ErrorKind::Route,
+            format!(
+                "pushed route list has epoch {}, this node is at epoch {}",
+                route.epoch, current.epoch
+            ),
+        ));
+    }
+    route
+        .save(&state.cluster_dir)
+        .map_err(|e| Failure(ErrorKind::Storage, e.to_string()))?;
+    let epoch = route.epoch;
+    *state.route.lock().expect("route lock") = (route, cluster_mtime(&state.cluster_dir));
+    info!(node = state.id, epoch, "route list updated");
+    Ok(Response::RouteAccepted { epoch })
+}
+
+async fn iterate(
+    send: &mut quinn::SendStream,
+    store: Arc<dyn Store>,
+    range: IdRange,
+    since: Option<u64>,
+    user_flags: Vec<u64>,
+) -> Result<(), Failure> {
+    let mut after: Option<Id> = None;
+    let mut count = 0u64;
+    loop {
+        let page = {
+            let store = store.clone();
+            blocking(move || store.scan(&range, after.as_ref(), ITERATE_BATCH)).await?
+        };
+        let done = page.len() < ITERATE_BATCH;
+        after = page.last().map(|(id, _)| *id);
+        let batch: Vec<_> = page
+            .into_iter()
+            .filter(|(_, r)| since.is_none_or(|t| r.version.timestamp >= t))
+            .filter(|(_, r)| {
+                user_flags.is_empty() || user_flags.iter().any(|f| r.version.user_flags & f != 0)
+            })
+            .collect();
+        count += batch.len() as u64;
+        if !batch.is_empty() {
+            wire::write_frame(send, &Response::Iterated(batch)).await?;
+        }
+        if done {
+            break;
+        }
+    }
+    wire::write_frame(send, &Response::End { count }).await?;
+    Ok(())
+}
+
+/// Fingerprints of `ranges`, each cut into `split` equal parts of the id space. Whole
+/// partitions come from the maintained per-partition fingerprints; parts inside a
+/// partition are computed from the versions (a partition holds few keys).
+pub fn fingerprints(
+    store: &dyn Store,
+    ranges: &[IdRange],
+    split: u16,
+) -> Result<Vec<Fingerprint>, StoreError> {
+    let mut out = Vec::with_capacity(ranges.len() * usize::from(split));
+    for range in ranges {
+        for part in crate::id::split_range(range, split) {
+            out.push(range_fingerprint(store, &part)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The fingerprint of one range: whole partitions from the table, edges by scanning.
+pub fn range_fingerprint(store: &dyn Store, range: &IdRange) -> Result<Fingerprint, StoreError> {
+    let mut fp = Fingerprint::EMPTY;
+    if range.is_empty() {
+        return Ok(fp);
+    }
+    match crate::id::whole_partitions(range) {
+        Some((first, last, edges)) => {
+            for p in store.partition_fingerprints(first, last)? {
+                fp.add(&p);
+            }
+            for edge in edges {
+                fp.add(&scan_fingerprint(store, &edge)?);
+            }
+        }
+        None => fp = scan_fingerprint(store, range)?,
+    }
+    Ok(fp)
+}
+
+fn check_list(ranges: usize) -> Result<(), Failure> {
+    if ranges > wire::MAX_LIST_RANGES {
+        return Err(Failure(
+            ErrorKind::BadRequest,
+            format!(
+                "{ranges} ranges in one request, at most {}",
+                wire::MAX_LIST_RANGES
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Calls `f` on every record of `range`, in id order, a page at a time; fails once more
+/// than `budget` records were visited in all.
+fn for_each_record(
+    store: &dyn Store,
+    range: &IdRange,
+    budget: &mut usize,
+    mut f: impl FnMut(&Id, &crate::Record),
+) -> Result<(), StoreError> {
+    let mut after = None;
+    loop {
+        let page = store.scan(range, after.as_ref(), ITERATE_BATCH)?;
+        *budget = budget
+            .checked_sub(page.len())
+            .ok_or(StoreError::LimitExceeded {
+                what: "records listed in one request",
+                limit: wire::MAX_LIST_ITEMS,
+            })?;
+        for (id, r) in &page {
+            f(id, r);
+        }
+        if page.len() < ITERATE_BATCH {
+            return Ok(());
+        }
+        after = page.last().map(|(id, _)| *id);
+    }
+}
+
+/// Item summaries of each range (see [`crate::reconcile::summary`]).
+pub fn summaries(
+    store: &dyn Store,
+    ranges: &[IdRange],
+) -> Result<Vec<Vec<(u64, u64)>>, StoreError> {
+    let mut budget = wire::MAX_LIST_ITEMS;
+    ranges
+        .iter()
+        .map(|range| {
+            let mut out = Vec::new();
+            for_each_record(store, range, &mut budget, |id, r| {
+                out.push(crate::reconcile::summary(id, r))
+            })?;
+            Ok(out)
+        })
+        .collect()
+}
+
+/// The records of each range whose id prefix is listed.
+pub fn records(
+    store: &dyn Store,
+    ranges: &[(IdRange, Vec<u64>)],
+) -> Result<Vec<Vec<(Id, crate::Record)>>, StoreError> {
+    let mut budget = wire::MAX_LIST_ITEMS;
+    ranges
+        .iter()
+        .map(|(range, prefixes)| {
+            let wanted: std::collections::BTreeSet<u64> = prefixes.iter().copied().collect();
+            let mut out = Vec::new();
+            for_each_record(store, range, &mut budget, |id, r| {
+                if wanted.contains(&crate::reconcile::id_prefix(id)) {
+                    out.push((*id, *r));
+                }
+            })?;
+            Ok(out)
+        })
+        .collect()
+}
+
+fn scan_fingerprint(store: &dyn Store, range: &IdRange) -> Result<Fingerprint, StoreError> {
+    let mut fp = Fingerprint::EMPTY;
+    let mut unbounded = usize::MAX;
+    for_each_record(store, range, &mut unbounded, |id, r| {
+        if !r.corrupt {
+            fp.insert(id, &r.version);
+        }
+    })?;
+    Ok(fp)
+}
+
+async fn read_value(
+    send: &mut quinn::SendStream,
+    store: Arc<dyn Store>,
+    id: Id,
+) -> Result<(), Failure> {
+    let reader = {
+        let store = store.clone();
+        blocking(move || store.open_value(&id)).await?
+    };
+    let Some(mut reader) = reader else {
+        wire::write_frame(send, &Response::NoValue { version: None }).await?;
+        return Ok(());
+    };
+    let version = reader.version();
+    if version.is_tombstone() {
+        wire::write_frame(
+            send,
+            &Response::NoValue {
+                version: Some(version),
+            },
+        )
+        .await?;
+        return Ok(());
+    }
+    wire::write_frame(send, &Response::Value { version }).await?;
+    // A blocking reader feeds a channel of two chunks: bounded memory at any value size.
+    let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, StoreError>>(2);
+    tokio::task::spawn_blocking(move || loop {
+        let next = reader.next_chunk();
+        let stop = !matches!(next, Ok(Some(_)));
+        let item = match next {
+            Ok(Some(chunk)) => Ok(chunk),
+            Ok(None) => break,
+            Err(e) => Err(e),
+        };
+        if tx.blocking_send(item).is_err() || stop {
+            break;
+        }
+    });
+    let mut sent = 0u64;
+    while let Some(chunk) = rx.recv().await {
+        let chunk = chunk?;
+        sent += chunk.len() as u64;
+        send.write_all(&chunk)
+            .await
+            .map_err(|e| Failure(ErrorKind::Protocol, e.to_string()))?;
+    }
+    if sent != version.size {
+        // The peer counts bytes; resetting tells it the value did not arrive whole.
+        let _ = send.reset(2u32.into());
+        return Err(Failure(
+            ErrorKind::Storage,
+            format!(
+                "value of {id} has {sent} bytes, its version says {}",
+                version.size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn write_value(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    store: Arc<dyn Store>,
+    id: Id,
+    version: crate::Version,
+) -> Result<(), Failure> {
+    // Refuse a stale write before its bytes cross the network.
+    let stored = {
+        let store = store.clone();
+        blocking(move || store.lookup(&id)).await?
+    };
+    if !crate::store::accepts(stored.as_ref(), &version) {
+        let stored = stored
+            .expect("refused only when something is stored")
+            .version;
+        let _ = recv.stop(0u32.into());
+        wire::write_frame(
+            send,
+            &Response::Written(crate::store::PutOutcome::Stale { stored }),
+        )
+        .await?;
+        return Ok(());
+    }
+    let outcome = if version.size <= wire::SMALL_VALUE {
+        let mut value = vec![0u8; version.size as usize];
+        read_exact(recv, &mut value).await?;
+        blocking(move || {
+            store
+                .put_batch(&[PutItem {
+                    id,
+                    version,
+                    value: &value,
+                }])
+                .map(|mut o| o.remove(0))
+        })
+        .await?
+    } else {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(2);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut upload = store.begin_upload(id, version)?;
+            while let Some(chunk) = rx.blocking_recv() {
+                upload.write(&chunk)?;
+            }
+            upload.commit()
+        });
+        let mut left = version.size;
+        while left > 0 {
+            let mut chunk = vec![0u8; CHUNK_SIZE.min(left as usize)];
+            read_exact(recv, &mut chunk).await?;
+            left -= chunk.len() as u64;
+            if tx.send(chunk).await.is_err() {
+                break; // the writer failed; its error is reported below
+            }
+        }
+        drop(tx);
+        match writer.await {
+            Ok(r) => r?,
+            Err(e) => {
+                return Err(Failure(
+                    ErrorKind::Storage,
+                    format!("store task failed: {e}"),
+                ))
+            }
+        }
+    };
+    wire::write_frame(send, &Response::Written(outcome)).await?;
+    Ok(())
+}
+
+async fn read_exact(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> Result<(), Failure> {
+    recv.read_exact(buf).await.map(|_| ()).map_err(|e| {
+        Failure(
+            ErrorKind::Protocol,
+            format!("value ended early or the stream failed: {e}"),
+        )
+    })
+}
+
+/// Runs every node of the cluster in `cluster_dir` in this process.
+pub async fn start_all(cluster_dir: &Path) -> Result<Vec<RunningNode>, NodeError> {
+    let route = RouteList::load(cluster_dir)?;
+    let mut nodes = Vec::new();
+    for entry in &route.nodes {
+        let store = open_store(cluster_dir, &route, &entry.id)?;
+        nodes.push(start(cluster_dir, &entry.id, store).await?);
+    }
+    Ok(nodes)
+}

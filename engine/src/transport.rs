@@ -1,12 +1,41 @@
 //! QUIC transport (quinn + rustls/ring) with mutual TLS against the cluster CA.
+//!
+//! Only members get in: a server endpoint requires a client certificate signed by the
+//! cluster CA and refuses anything else during the TLS handshake; a client accepts only a
+//! server certificate signed by the cluster CA for [`SERVER_NAME`] (which only node
+//! certificates carry). TLS 1.3 only, ring only, ALPN [`ALPN`].
+//!
+//! After the QUIC handshake the client opens the first stream with [`Request::Hello`];
+//! [`Peer::connect`] and [`accept_hello`] are the two halves of that exchange, both bounded
+//! in time so an unreachable or silent peer gives an error, never a hang.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{ConnectionError, IdleTimeout, TransportConfig, VarInt};
+use rustls::crypto::CryptoProvider;
+use rustls::RootCertStore;
 
 use crate::pki::Credentials;
-use crate::wire::{RemoteError, Request, Response, WireError};
+use crate::wire::{self, ErrorKind, RemoteError, Request, Response, WireError, PROTOCOL_VERSION};
 
 /// The name every node certificate carries and every client checks.
 pub const SERVER_NAME: &str = "mend-node";
+
+/// The ALPN protocol both sides require.
+pub const ALPN: &[u8] = b"mend/1";
+
+/// How long [`Peer::connect`] waits for the QUIC handshake and the Hello answer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long [`accept_hello`] waits for a new connection's Hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The application error code a connection is closed with when its handshake fails.
+const CLOSE_HANDSHAKE_FAILED: u32 = 1;
 
 /// Errors of connecting and talking to a peer.
 #[derive(Debug, thiserror::Error)]
@@ -71,17 +100,104 @@ pub enum TransportError {
     },
 }
 
-/// A QUIC endpoint that accepts cluster members only.
-pub fn server_endpoint(
-    _bind: SocketAddr,
-    _creds: &Credentials,
-) -> Result<quinn::Endpoint, TransportError> {
-    unimplemented!("placeholder")
+/// The one crypto provider: ring.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A QUIC endpoint for connecting to nodes with a client certificate.
-pub fn client_endpoint(_creds: &Credentials) -> Result<quinn::Endpoint, TransportError> {
-    unimplemented!("placeholder")
+fn roots(creds: &Credentials) -> Result<RootCertStore, TransportError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(creds.ca.clone()).map_err(|e| {
+        TransportError::Config(format!(
+            "the cluster CA certificate is not a usable trust anchor: {e}"
+        ))
+    })?;
+    Ok(roots)
+}
+
+/// Flow control sized for bulk transfer between nodes (loopback and LAN): many
+/// concurrent request streams, windows large enough that a single stream can fill a fast
+/// link. Dead peers are detected by the idle timeout; keep-alives stop an idle but healthy
+/// pooled connection from timing out.
+fn transport_config() -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1024))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(VarInt::from_u32(8 << 20))
+        .receive_window(VarInt::from_u32(64 << 20))
+        .send_window(64 << 20)
+        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(30_000))));
+    Arc::new(t)
+}
+
+/// The server side of mutual TLS: a node's certificate, and a client certificate signed by
+/// the cluster CA required of every peer.
+pub fn server_config(creds: &Credentials) -> Result<quinn::ServerConfig, TransportError> {
+    let config =
+        |what: &str, e: &dyn std::fmt::Display| TransportError::Config(format!("{what}: {e}"));
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(creds)?),
+        provider(),
+    )
+    .build()
+    .map_err(|e| config("client certificate verifier", &e))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| config("TLS versions", &e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(creds.chain.clone(), creds.key.clone_key())
+        .map_err(|e| config("node certificate and key", &e))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| config("QUIC server", &e))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server.transport_config(transport_config());
+    Ok(server)
+}
+
+/// The client side of mutual TLS: trusts the cluster CA only, presents `creds`.
+pub fn client_config(creds: &Credentials) -> Result<quinn::ClientConfig, TransportError> {
+    let config =
+        |what: &str, e: &dyn std::fmt::Display| TransportError::Config(format!("{what}: {e}"));
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| config("TLS versions", &e))?
+        .with_root_certificates(roots(creds)?)
+        .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())
+        .map_err(|e| config("client certificate and key", &e))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| config("QUIC client", &e))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(transport_config());
+    Ok(client)
+}
+
+/// A QUIC endpoint that accepts cluster members only.
+pub fn server_endpoint(
+    bind: SocketAddr,
+    creds: &Credentials,
+) -> Result<quinn::Endpoint, TransportError> {
+    let config = server_config(creds)?;
+    quinn::Endpoint::server(config, bind)
+        .map_err(|source| TransportError::Bind { addr: bind, source })
+}
+
+/// A QUIC endpoint for connecting to nodes with a client certificate, bound to
+/// `0.0.0.0:0`.
+pub fn client_endpoint(creds: &Credentials) -> Result<quinn::Endpoint, TransportError> {
+    client_endpoint_at(SocketAddr::from(([0, 0, 0, 0], 0)), creds)
+}
+
+/// Like [`client_endpoint`], bound to `bind` (e.g. `[::]:0` to reach IPv6 nodes).
+pub fn client_endpoint_at(
+    bind: SocketAddr,
+    creds: &Credentials,
+) -> Result<quinn::Endpoint, TransportError> {
+    let config = client_config(creds)?;
+    let mut endpoint = quinn::Endpoint::client(bind)
+        .map_err(|source| TransportError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
 }
 
 /// A connection to a node, after the handshake.
@@ -98,29 +214,357 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Connects to `addr` and performs the Hello handshake.
+    /// Connects to `addr` and performs the Hello handshake, within [`CONNECT_TIMEOUT`].
     pub async fn connect(
-        _endpoint: &quinn::Endpoint,
-        _addr: SocketAddr,
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
     ) -> Result<Peer, TransportError> {
-        unimplemented!("placeholder")
+        Peer::connect_with_timeout(endpoint, addr, CONNECT_TIMEOUT).await
     }
+
+    /// Connects to `addr` and performs the Hello handshake, giving up after `timeout`.
+    pub async fn connect_with_timeout(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Peer, TransportError> {
+        let connect_error = |message: String| TransportError::Connect { addr, message };
+        let attempt = async {
+            let connecting = endpoint
+                .connect(addr, SERVER_NAME)
+                .map_err(|e| connect_error(e.to_string()))?;
+            let conn = connecting.await.map_err(|e| connect_error(describe(&e)))?;
+            match exchange_hello(&conn).await {
+                Ok(answer) => Ok((conn, answer)),
+                // A refusal (bad certificate, wrong ALPN…) shows up here, as the loss of
+                // the connection: its close reason says why, the stream error does not.
+                Err(e) => Err(connect_error(match conn.close_reason() {
+                    Some(reason) => describe(&reason),
+                    None => format!("handshake failed: {e}"),
+                })),
+            }
+        };
+        let (conn, answer) = match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(connect_error(format!(
+                    "timed out after {timeout:?} (is a node listening there?)"
+                )))
+            }
+        };
+        let refuse = |conn: &quinn::Connection, error: TransportError| {
+            conn.close(
+                VarInt::from_u32(CLOSE_HANDSHAKE_FAILED),
+                b"handshake failed",
+            );
+            Err(error)
+        };
+        match answer {
+            Some(Response::Hello {
+                protocol,
+                node,
+                group,
+                epoch: _,
+            }) => {
+                if protocol != PROTOCOL_VERSION {
+                    return refuse(
+                        &conn,
+                        TransportError::Protocol {
+                            addr,
+                            theirs: protocol,
+                            ours: PROTOCOL_VERSION,
+                        },
+                    );
+                }
+                Ok(Peer {
+                    conn,
+                    addr,
+                    node,
+                    group,
+                })
+            }
+            Some(Response::Error(source)) => refuse(
+                &conn,
+                TransportError::Remote {
+                    addr,
+                    node: "unknown node, before Hello".into(),
+                    source,
+                },
+            ),
+            Some(other) => refuse(
+                &conn,
+                TransportError::Unexpected {
+                    addr,
+                    what: format!("{} to Hello", other.kind()),
+                },
+            ),
+            None => refuse(
+                &conn,
+                connect_error("the node ended the handshake stream without answering".into()),
+            ),
+        }
+    }
+
     /// Opens a stream and sends `req`; the caller continues on the stream.
     pub async fn open(
         &self,
-        _req: &Request,
+        req: &Request,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
-        unimplemented!("placeholder")
+        let (mut send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| connection_lost(self.addr, &e))?;
+        wire::write_frame(&mut send, req)
+            .await
+            .map_err(|e| self.stream_error(e))?;
+        Ok((send, recv))
     }
+
     /// One request, one response; a [`Response::Error`] becomes [`TransportError::Remote`].
-    pub async fn call(&self, _req: &Request) -> Result<Response, TransportError> {
-        unimplemented!("placeholder")
+    pub async fn call(&self, req: &Request) -> Result<Response, TransportError> {
+        let (mut send, mut recv) = self.open(req).await?;
+        send.finish().map_err(|e| {
+            self.stream_error(WireError::Io(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                e,
+            )))
+        })?;
+        match self.next(&mut recv).await? {
+            Some(response) => Ok(response),
+            None => Err(TransportError::Wire {
+                addr: self.addr,
+                source: WireError::Truncated,
+            }),
+        }
     }
+
     /// Reads the next frame of a response stream, mapping errors to this peer.
     pub async fn next(
         &self,
-        _recv: &mut quinn::RecvStream,
+        recv: &mut quinn::RecvStream,
     ) -> Result<Option<Response>, TransportError> {
-        unimplemented!("placeholder")
+        match wire::read_frame(recv).await {
+            Ok(Some(Response::Error(source))) => Err(TransportError::Remote {
+                addr: self.addr,
+                node: self.node.clone(),
+                source,
+            }),
+            Ok(frame) => Ok(frame),
+            Err(e) => Err(self.stream_error(e)),
+        }
+    }
+
+    /// Whether the connection is still open.
+    pub fn is_open(&self) -> bool {
+        self.conn.close_reason().is_none()
+    }
+
+    /// A stream error of this peer; when the whole connection is gone, its close reason
+    /// replaces the stream's bare "connection lost".
+    fn stream_error(&self, e: WireError) -> TransportError {
+        match (&e, self.conn.close_reason()) {
+            (WireError::Io(_), Some(reason)) => connection_lost(self.addr, &reason),
+            _ => TransportError::Wire {
+                addr: self.addr,
+                source: e,
+            },
+        }
+    }
+}
+
+/// Sends Hello on the first stream and reads the answer.
+async fn exchange_hello(conn: &quinn::Connection) -> Result<Option<Response>, WireError> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| WireError::Io(std::io::Error::other(e)))?;
+    wire::write_frame(
+        &mut send,
+        &Request::Hello {
+            protocol: PROTOCOL_VERSION,
+        },
+    )
+    .await?;
+    send.finish()
+        .map_err(|e| WireError::Io(std::io::Error::other(e)))?;
+    wire::read_frame(&mut recv).await
+}
+
+/// The server half of the handshake: accepts the first stream of `conn`, requires
+/// [`Request::Hello`] with this build's protocol and answers with this node's identity,
+/// within [`HELLO_TIMEOUT`].
+///
+/// A wrong protocol or another first request is answered with
+/// [`Response::Error`] (kind [`ErrorKind::Protocol`]) and returned as an error; the caller
+/// should then close the connection.
+pub async fn accept_hello(
+    conn: &quinn::Connection,
+    node: &str,
+    group: u32,
+    epoch: u64,
+) -> Result<(), TransportError> {
+    let addr = conn.remote_address();
+    let handshake = async {
+        let (mut send, mut recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| connection_lost(addr, &e))?;
+        let wire_error = |source| TransportError::Wire { addr, source };
+        let first: Option<Request> = wire::read_frame(&mut recv).await.map_err(wire_error)?;
+        let (answer, outcome) = match first {
+            Some(Request::Hello { protocol }) if protocol == PROTOCOL_VERSION => (
+                Response::Hello {
+                    protocol: PROTOCOL_VERSION,
+                    node: node.to_owned(),
+                    group,
+                    epoch,
+                },
+                Ok(()),
+            ),
+            Some(Request::Hello { protocol }) => (
+                Response::Error(RemoteError {
+                    kind: ErrorKind::Protocol,
+                    message: format!(
+                        "node {node} speaks protocol {PROTOCOL_VERSION}, the client speaks {protocol}"
+                    ),
+                }),
+                Err(TransportError::Protocol {
+                    addr,
+                    theirs: protocol,
+                    ours: PROTOCOL_VERSION,
+                }),
+            ),
+            Some(other) => (
+                Response::Error(RemoteError {
+                    kind: ErrorKind::Protocol,
+                    message: format!(
+                        "the first request of a connection must be Hello, not {}",
+                        other.kind()
+                    ),
+                }),
+                Err(TransportError::Unexpected {
+                    addr,
+                    what: format!("{} before Hello", other.kind()),
+                }),
+            ),
+            None => return Err(wire_error(WireError::Truncated)),
+        };
+        wire::write_frame(&mut send, &answer)
+            .await
+            .map_err(wire_error)?;
+        let _ = send.finish();
+        if outcome.is_err() {
+            // Let the refusal reach the client before the caller closes the connection.
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+        }
+        outcome
+    };
+    match tokio::time::timeout(HELLO_TIMEOUT, handshake).await {
+        Ok(result) => result,
+        Err(_) => Err(TransportError::Connect {
+            addr,
+            message: format!("no Hello within {HELLO_TIMEOUT:?}"),
+        }),
+    }
+}
+
+/// Connections to nodes, one per address, reused while they are open.
+#[derive(Debug)]
+pub struct Pool {
+    endpoint: quinn::Endpoint,
+    timeout: Duration,
+    // A std mutex: it is held only to look up or insert, never across an await, so
+    // connecting to one node never blocks getting another.
+    peers: Mutex<HashMap<SocketAddr, Peer>>,
+}
+
+impl Pool {
+    /// A pool that connects through `endpoint` within [`CONNECT_TIMEOUT`].
+    pub fn new(endpoint: quinn::Endpoint) -> Pool {
+        Pool::with_connect_timeout(endpoint, CONNECT_TIMEOUT)
+    }
+
+    /// A pool that connects through `endpoint` within `timeout`.
+    pub fn with_connect_timeout(endpoint: quinn::Endpoint, timeout: Duration) -> Pool {
+        Pool {
+            endpoint,
+            timeout,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Bytes sent and received over UDP (QUIC overhead, handshakes and retransmissions
+    /// included) by the pool's open connections: the honest wire cost of what they did.
+    pub fn traffic(&self) -> (u64, u64) {
+        self.peers().values().fold((0, 0), |(tx, rx), p| {
+            let s = p.conn.stats();
+            (tx + s.udp_tx.bytes, rx + s.udp_rx.bytes)
+        })
+    }
+
+    /// The open connection to `addr`, or a new one.
+    pub async fn get(&self, addr: SocketAddr) -> Result<Peer, TransportError> {
+        if let Some(peer) = self.peers().get(&addr).filter(|p| p.is_open()) {
+            return Ok(peer.clone());
+        }
+        let peer = Peer::connect_with_timeout(&self.endpoint, addr, self.timeout).await?;
+        let mut peers = self.peers();
+        match peers.get(&addr) {
+            // Another task connected meanwhile: keep one connection (ours closes when
+            // dropped).
+            Some(existing) if existing.is_open() => Ok(existing.clone()),
+            _ => {
+                peers.insert(addr, peer.clone());
+                Ok(peer)
+            }
+        }
+    }
+
+    /// Drops the pooled connection to `addr` (it closes once no one uses it); the next
+    /// [`Pool::get`] connects again.
+    pub fn forget(&self, addr: SocketAddr) {
+        self.peers().remove(&addr);
+    }
+
+    /// The endpoint the pool connects through.
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Peer>> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A lost connection as a stream error of `addr`, saying why it was lost.
+fn connection_lost(addr: SocketAddr, e: &ConnectionError) -> TransportError {
+    let kind = match e {
+        ConnectionError::TimedOut => std::io::ErrorKind::TimedOut,
+        ConnectionError::Reset => std::io::ErrorKind::ConnectionReset,
+        _ => std::io::ErrorKind::ConnectionAborted,
+    };
+    TransportError::Wire {
+        addr,
+        source: WireError::Io(std::io::Error::new(
+            kind,
+            format!("connection lost: {}", describe(e)),
+        )),
+    }
+}
+
+/// Why a connection failed or ended, in words that point at the cause.
+fn describe(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::TimedOut => "timed out: no answer (is a node listening there?)".into(),
+        ConnectionError::ConnectionClosed(close) => {
+            format!("refused by the peer: {close}")
+        }
+        ConnectionError::ApplicationClosed(close) => format!("closed by the peer: {close}"),
+        ConnectionError::Reset => "refused: reset by the peer".into(),
+        ConnectionError::TransportError(error) => format!("handshake failed: {error}"),
+        ConnectionError::VersionMismatch => "refused: no QUIC version in common".into(),
+        ConnectionError::LocallyClosed => "closed locally".into(),
+        other => other.to_string(),
     }
 }

@@ -67,6 +67,16 @@ pub enum Request {
         /// Parts per range (1 = the range itself).
         split: u16,
     },
+    /// Item summaries (id prefix, hash of id and record) of each range, for comparison.
+    Summaries {
+        /// The ranges to list.
+        ranges: Vec<IdRange>,
+    },
+    /// The records in each range whose id's top 64 bits are listed.
+    Records {
+        /// Each range with the id prefixes wanted in it.
+        ranges: Vec<(IdRange, Vec<u64>)>,
+    },
     /// A value: answered with [`Response::Value`] then its raw bytes.
     Read {
         /// The object.
@@ -92,6 +102,16 @@ pub enum Request {
         /// The version the caller saw.
         version: Version,
     },
+    /// Re-reads up to `limit` values in `range` after `after`, checks their checksums,
+    /// and marks those that fail as corrupt.
+    Scrub {
+        /// The ids to scrub.
+        range: IdRange,
+        /// Resume after this id.
+        after: Option<Id>,
+        /// Records to check in this request (at most [`MAX_SCRUB_PAGE`]).
+        limit: u32,
+    },
     /// Installs a newer route list.
     PushRoute {
         /// The new route list.
@@ -101,6 +121,16 @@ pub enum Request {
 
 /// Ids per [`Request::Lookup`].
 pub const MAX_LOOKUP: usize = 16 * 1024;
+
+/// Records per [`Request::Scrub`].
+pub const MAX_SCRUB_PAGE: u32 = 4096;
+
+/// Ranges per [`Request::Summaries`] or [`Request::Records`].
+pub const MAX_LIST_RANGES: usize = 4096;
+
+/// Items a node lists in one [`Response::Summaries`] or [`Response::Found`]; a request
+/// that would list more is refused (ask for smaller ranges).
+pub const MAX_LIST_ITEMS: usize = 200_000;
 
 /// One value of a [`Request::WriteBatch`].
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -135,6 +165,10 @@ pub enum Response {
     Iterated(Vec<(Id, Record)>),
     /// Answer to [`Request::Fingerprints`]: `split` fingerprints per range, in order.
     Fingerprints(Vec<Fingerprint>),
+    /// Answer to [`Request::Summaries`]: one list per range, in id order.
+    Summaries(Vec<Vec<(u64, u64)>>),
+    /// Answer to [`Request::Records`]: one list per range.
+    Found(Vec<Vec<(Id, Record)>>),
     /// The end of a streamed answer, with the number of records sent.
     End {
         /// Records sent.
@@ -157,6 +191,8 @@ pub enum Response {
     BatchWritten(Vec<PutOutcome>),
     /// Answer to [`Request::Remove`]: whether the copy was removed.
     Removed(bool),
+    /// Answer to [`Request::Scrub`].
+    Scrubbed(crate::scrub::ScrubPage),
     /// Answer to [`Request::PushRoute`]: the epoch now in force.
     RouteAccepted {
         /// The node's epoch after the push.
@@ -187,6 +223,52 @@ pub enum ErrorKind {
     Storage,
     /// A pushed route list is older than the node's, or invalid.
     Route,
+}
+
+impl Request {
+    /// The name of the request's kind, for messages (never its contents, which can be
+    /// large).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "Hello",
+            Request::RouteList => "RouteList",
+            Request::Lookup { .. } => "Lookup",
+            Request::Iterate { .. } => "Iterate",
+            Request::Fingerprints { .. } => "Fingerprints",
+            Request::Summaries { .. } => "Summaries",
+            Request::Records { .. } => "Records",
+            Request::Read { .. } => "Read",
+            Request::Write { .. } => "Write",
+            Request::WriteBatch { .. } => "WriteBatch",
+            Request::Remove { .. } => "Remove",
+            Request::Scrub { .. } => "Scrub",
+            Request::PushRoute { .. } => "PushRoute",
+        }
+    }
+}
+
+impl Response {
+    /// The name of the response's kind, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Hello { .. } => "Hello",
+            Response::RouteList(_) => "RouteList",
+            Response::Records(_) => "Records",
+            Response::Iterated(_) => "Iterated",
+            Response::Fingerprints(_) => "Fingerprints",
+            Response::Summaries(_) => "Summaries",
+            Response::Found(_) => "Found",
+            Response::End { .. } => "End",
+            Response::Value { .. } => "Value",
+            Response::NoValue { .. } => "NoValue",
+            Response::Written(_) => "Written",
+            Response::BatchWritten(_) => "BatchWritten",
+            Response::Removed(_) => "Removed",
+            Response::Scrubbed(_) => "Scrubbed",
+            Response::RouteAccepted { .. } => "RouteAccepted",
+            Response::Error(_) => "Error",
+        }
+    }
 }
 
 /// Errors of framing and decoding.

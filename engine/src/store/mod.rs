@@ -62,6 +62,14 @@ pub enum StoreError {
         /// The id being read.
         id: Id,
     },
+    /// A request asked for more than a bound allows.
+    #[error("{what} is limited to {limit}")]
+    LimitExceeded {
+        /// What was counted.
+        what: &'static str,
+        /// The bound.
+        limit: usize,
+    },
     /// An upload received more bytes than its version's size.
     #[error("value of {id} is longer than its version says ({size} bytes)")]
     TooLong {

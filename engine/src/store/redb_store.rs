@@ -1,4 +1,1185 @@
-//! PLACEHOLDER: replaced by the store helper.
-/// The redb store.
+//! [`RedbStore`]: the [`Store`] contract on redb (pure Rust, ACID, crash-safe).
+//!
+//! Five tables, each named with a layout version (bump the suffix and migrate when a layout
+//! changes; never reinterpret old bytes). Every write that changes what a node holds — a
+//! value, its version row and its partition's fingerprint — commits in one durable write
+//! transaction, so they never disagree after a crash.
+//!
+//! Values live in chunks under a *generation*: a number allocated per written value, so a
+//! new value of an id is staged next to the old one and swapped in by rewriting the version
+//! row; the old generation's chunks are deleted in that same transaction. A read holds a
+//! snapshot, so it sees one generation from start to end whatever writers do.
+//!
+//! Large values arrive through an [`Upload`]: its chunks are staged in small non-durable
+//! transactions, and the upload's generation is recorded in `uploads_v1` until it commits
+//! or is dropped. Opening the store discards every upload still recorded there, so a crash
+//! mid-upload leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::error::Error as StdError;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
+    TableDefinition, WriteTransaction,
+};
+
+use super::memory::value_matches;
+use super::{accepts, PutItem, PutOutcome, Store, StoreError, Upload, ValueReader, CHUNK_SIZE};
+use crate::fingerprint::{Fingerprint, FINGERPRINT_BYTES};
+use crate::id::{Id, IdRange, ID_LEN};
+use crate::version::{Record, Version, VERSION_BYTES};
+
+/// Bytes in a `versions_v1` value.
+const VERSION_ROW_BYTES: usize = VERSION_BYTES + 1 + 8;
+/// Bytes in a `chunks_v1` key.
+const CHUNK_KEY_BYTES: usize = 8 + 4;
+
+/// `versions_v1`: what the store holds for each id; iterated without touching values.
+///
+/// - key: the 64-byte id.
+/// - value, 67 bytes: `[0..58]` [`Version::to_bytes`]; `[58]` 1 if scrub marked the value
+///   corrupt, else 0; `[59..67]` the generation of the value's chunks in `chunks_v1`, u64
+///   little-endian (0 when the value has no chunks: a tombstone or an empty value).
+const VERSIONS: TableDefinition<&[u8; ID_LEN], &[u8; VERSION_ROW_BYTES]> =
+    TableDefinition::new("versions_v1");
+
+/// `chunks_v1`: the values, in chunks.
+///
+/// - key, 12 bytes: generation (u64 big-endian) ‖ chunk index (u32 big-endian). A
+///   generation belongs to one value of one id (the version row, or the `uploads_v1` row,
+///   that names it), so the id need not be in the key; leaving it out, and putting the
+///   generation first, makes new chunks land at the end of the tree — a batch of writes
+///   to random ids dirties a few pages here instead of one per value, which roughly
+///   halves the cost of a commit. The chunks of one value are adjacent and in order.
+/// - value: the chunk, [`CHUNK_SIZE`] bytes except the last one of a value (1 to
+///   [`CHUNK_SIZE`] bytes). A value of `size` bytes has `ceil(size / CHUNK_SIZE)` chunks.
+const CHUNKS: TableDefinition<&[u8; CHUNK_KEY_BYTES], &[u8]> = TableDefinition::new("chunks_v1");
+
+/// `uploads_v1`: uploads in progress, whose chunks are staged but not yet referenced by a
+/// version row. Emptied on open (their chunks deleted): whoever was uploading is gone.
+///
+/// - key: the upload's generation (u64).
+/// - value: the 64-byte id it uploads.
+const UPLOADS: TableDefinition<u64, &[u8; ID_LEN]> = TableDefinition::new("uploads_v1");
+
+/// `fingerprints_v1`: per-partition fingerprints of the records not marked corrupt.
+///
+/// - key: the partition (u16, the top 16 bits of the ids).
+/// - value, 40 bytes: [`Fingerprint::to_bytes`]. Only non-empty partitions have a row; a
+///   missing row means [`Fingerprint::EMPTY`].
+const FINGERPRINTS: TableDefinition<u16, &[u8; FINGERPRINT_BYTES]> =
+    TableDefinition::new("fingerprints_v1");
+
+/// `meta_v1`: counters and the schema version, by name ([`SCHEMA_KEY`],
+/// [`NEXT_GENERATION_KEY`]).
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta_v1");
+
+/// `meta_v1` key: the layout version of the whole database.
+const SCHEMA_KEY: &str = "schema";
+/// The layout this code reads and writes.
+const SCHEMA: u64 = 1;
+/// `meta_v1` key: the next unused chunk generation (generations start at 1; 0 means none).
+const NEXT_GENERATION_KEY: &str = "next_generation";
+
+type VersionsTable<'t> = Table<'t, &'static [u8; ID_LEN], &'static [u8; VERSION_ROW_BYTES]>;
+type ChunksTable<'t> = Table<'t, &'static [u8; CHUNK_KEY_BYTES], &'static [u8]>;
+type FingerprintsTable<'t> = Table<'t, u16, &'static [u8; FINGERPRINT_BYTES]>;
+
+/// Why an existing database cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum LayoutError {
+    /// Written by a build with another layout.
+    #[error("database schema is {found}, this build reads schema {SCHEMA} only")]
+    Schema {
+        /// The schema the file declares.
+        found: u64,
+    },
+}
+
+/// An upload was used after one of its writes failed.
+#[derive(Debug, thiserror::Error)]
+#[error("an earlier write of this upload failed; the upload must be dropped")]
+struct UploadBroken;
+
+/// Adds the failed operation's name to a redb error.
+trait During<T> {
+    fn during(self, op: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T, E: StdError + Send + Sync + 'static> During<T> for Result<T, E> {
+    fn during(self, op: &'static str) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::backend(op, e))
+    }
+}
+
+/// The decoded `versions_v1` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct VersionRow {
+    record: Record,
+    generation: u64,
+}
+
+impl VersionRow {
+    fn encode(&self) -> [u8; VERSION_ROW_BYTES] {
+        let mut out = [0u8; VERSION_ROW_BYTES];
+        out[..VERSION_BYTES].copy_from_slice(&self.record.version.to_bytes());
+        out[VERSION_BYTES] = u8::from(self.record.corrupt);
+        out[VERSION_BYTES + 1..].copy_from_slice(&self.generation.to_le_bytes());
+        out
+    }
+
+    fn decode(id: &Id, bytes: &[u8; VERSION_ROW_BYTES]) -> Result<VersionRow, StoreError> {
+        let mut version = [0u8; VERSION_BYTES];
+        version.copy_from_slice(&bytes[..VERSION_BYTES]);
+        let corrupt = match bytes[VERSION_BYTES] {
+            0 => false,
+            1 => true,
+            _ => {
+                return Err(StoreError::Malformed {
+                    id: *id,
+                    what: "the corrupt flag is neither 0 nor 1",
+                })
+            }
+        };
+        let mut generation = [0u8; 8];
+        generation.copy_from_slice(&bytes[VERSION_BYTES + 1..]);
+        Ok(VersionRow {
+            record: Record {
+                version: Version::from_bytes(&version),
+                corrupt,
+            },
+            generation: u64::from_le_bytes(generation),
+        })
+    }
+}
+
+fn chunk_key(generation: u64, index: u32) -> [u8; CHUNK_KEY_BYTES] {
+    let mut key = [0u8; CHUNK_KEY_BYTES];
+    key[..8].copy_from_slice(&generation.to_be_bytes());
+    key[8..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn read_row(
+    versions: &impl ReadableTable<&'static [u8; ID_LEN], &'static [u8; VERSION_ROW_BYTES]>,
+    id: &Id,
+    op: &'static str,
+) -> Result<Option<VersionRow>, StoreError> {
+    match versions.get(&id.0).during(op)? {
+        Some(row) => VersionRow::decode(id, row.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Deletes every chunk of `generation` (a range delete: it does not trust the version's
+/// size).
+fn delete_chunks(
+    chunks: &mut ChunksTable<'_>,
+    generation: u64,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    if generation == 0 {
+        return Ok(());
+    }
+    let first = chunk_key(generation, 0);
+    let last = chunk_key(generation, u32::MAX);
+    chunks
+        .retain_in::<&[u8; CHUNK_KEY_BYTES], _>(&first..=&last, |_, _| false)
+        .during(op)
+}
+
+fn write_chunks(
+    chunks: &mut ChunksTable<'_>,
+    generation: u64,
+    value: &[u8],
+    op: &'static str,
+) -> Result<(), StoreError> {
+    for (index, chunk) in (0u32..).zip(value.chunks(CHUNK_SIZE)) {
+        chunks
+            .insert(&chunk_key(generation, index), chunk)
+            .during(op)?;
+    }
+    Ok(())
+}
+
+/// The partition fingerprints one write transaction changes, kept in memory and written
+/// once per partition at the end: a batch of a thousand writes reads and writes each
+/// touched row once, not once per write.
+#[derive(Default)]
+struct FingerprintDelta(BTreeMap<u16, Fingerprint>);
+
+impl FingerprintDelta {
+    fn entry(
+        &mut self,
+        table: &FingerprintsTable<'_>,
+        partition: u16,
+        op: &'static str,
+    ) -> Result<&mut Fingerprint, StoreError> {
+        use std::collections::btree_map::Entry;
+        match self.0.entry(partition) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let stored = table
+                    .get(partition)
+                    .during(op)?
+                    .map_or(Fingerprint::EMPTY, |row| {
+                        Fingerprint::from_bytes(row.value())
+                    });
+                Ok(e.insert(stored))
+            }
+        }
+    }
+
+    fn write(self, table: &mut FingerprintsTable<'_>, op: &'static str) -> Result<(), StoreError> {
+        for (partition, fp) in self.0 {
+            if fp == Fingerprint::EMPTY {
+                table.remove(partition).during(op)?;
+            } else {
+                table.insert(partition, &fp.to_bytes()).during(op)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The tables a change to a record touches, open in one write transaction.
+struct RecordTables<'t> {
+    versions: VersionsTable<'t>,
+    chunks: ChunksTable<'t>,
+    fingerprints: FingerprintsTable<'t>,
+    delta: FingerprintDelta,
+}
+
+impl<'t> RecordTables<'t> {
+    fn open(txn: &'t WriteTransaction, op: &'static str) -> Result<Self, StoreError> {
+        Ok(RecordTables {
+            versions: txn.open_table(VERSIONS).during(op)?,
+            chunks: txn.open_table(CHUNKS).during(op)?,
+            fingerprints: txn.open_table(FINGERPRINTS).during(op)?,
+            delta: FingerprintDelta::default(),
+        })
+    }
+
+    fn fingerprint_insert(
+        &mut self,
+        id: &Id,
+        v: &Version,
+        op: &'static str,
+    ) -> Result<(), StoreError> {
+        self.delta
+            .entry(&self.fingerprints, id.partition(), op)?
+            .insert(id, v);
+        Ok(())
+    }
+
+    fn fingerprint_remove(
+        &mut self,
+        id: &Id,
+        v: &Version,
+        op: &'static str,
+    ) -> Result<(), StoreError> {
+        self.delta
+            .entry(&self.fingerprints, id.partition(), op)?
+            .remove(id, v);
+        Ok(())
+    }
+
+    /// Makes `new` (whose chunks are already written) the record of `id` in place of `old`:
+    /// deletes the old chunks, writes the version row, moves the fingerprint element.
+    fn replace(
+        &mut self,
+        id: &Id,
+        old: Option<VersionRow>,
+        new: VersionRow,
+        op: &'static str,
+    ) -> Result<(), StoreError> {
+        if let Some(old) = old {
+            if old.generation != new.generation {
+                delete_chunks(&mut self.chunks, old.generation, op)?;
+            }
+            if !old.record.corrupt {
+                self.fingerprint_remove(id, &old.record.version, op)?;
+            }
+        }
+        self.versions.insert(&id.0, &new.encode()).during(op)?;
+        if !new.record.corrupt {
+            self.fingerprint_insert(id, &new.record.version, op)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the fingerprint changes; the tables close when this returns.
+    fn finish(mut self, op: &'static str) -> Result<(), StoreError> {
+        std::mem::take(&mut self.delta).write(&mut self.fingerprints, op)
+    }
+}
+
+/// A [`Store`] in one redb database file.
 #[derive(Debug)]
-pub struct RedbStore {}
+pub struct RedbStore {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl RedbStore {
+    /// Opens the store in `path`, creating it if absent, and discards the chunks of every
+    /// upload a previous process left unfinished.
+    pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
+        let open_error = |source: Box<dyn StdError + Send + Sync>| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let db = Database::create(path).map_err(|e| open_error(Box::new(e)))?;
+        prepare(&db).map_err(open_error)?;
+        Ok(RedbStore {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Debugging and tests: flips one byte of the first chunk of the stored value of `id`,
+    /// leaving its version row and fingerprint alone, as bit rot on disk would. Returns
+    /// false when `id` has no value bytes (absent, a tombstone, or empty).
+    pub fn debug_corrupt_value(&self, id: &Id) -> Result<bool, StoreError> {
+        const OP: &str = "debug_corrupt_value";
+        let txn = self.db.begin_write().during(OP)?;
+        let flipped = {
+            let versions = txn.open_table(VERSIONS).during(OP)?;
+            let mut chunks = txn.open_table(CHUNKS).during(OP)?;
+            match read_row(&versions, id, OP)? {
+                Some(row) if row.generation != 0 && row.record.version.size > 0 => {
+                    let key = chunk_key(row.generation, 0);
+                    let chunk = chunks.get(&key).during(OP)?.map(|c| c.value().to_vec());
+                    let Some(mut chunk) = chunk.filter(|c| !c.is_empty()) else {
+                        return Err(StoreError::Malformed {
+                            id: *id,
+                            what: "the first chunk of the value is missing",
+                        });
+                    };
+                    let middle = chunk.len() / 2;
+                    chunk[middle] ^= 0xff;
+                    chunks.insert(&key, chunk.as_slice()).during(OP)?;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if flipped {
+            txn.commit().during(OP)?;
+        } else {
+            txn.abort().during(OP)?;
+        }
+        Ok(flipped)
+    }
+
+    /// Debugging and tests: damages `fingerprints_v1` the ways a bad disk or a bug could —
+    /// every other row overwritten with garbage, one row deleted, one row invented for a
+    /// partition that holds nothing — so that [`Store::rebuild_fingerprints`] can be shown
+    /// to restore it.
+    pub fn debug_damage_fingerprints(&self) -> Result<(), StoreError> {
+        const OP: &str = "debug_damage_fingerprints";
+        let txn = self.db.begin_write().during(OP)?;
+        {
+            let mut table = txn.open_table(FINGERPRINTS).during(OP)?;
+            let present = table
+                .iter()
+                .during(OP)?
+                .map(|row| row.map(|(k, _)| k.value()))
+                .collect::<Result<Vec<u16>, _>>()
+                .during(OP)?;
+            let garbage = [0xa5u8; FINGERPRINT_BYTES];
+            for partition in present.iter().step_by(2) {
+                table.insert(*partition, &garbage).during(OP)?;
+            }
+            if let Some(partition) = present.get(1) {
+                table.remove(*partition).during(OP)?;
+            }
+            // `present` is sorted: the first gap is a partition with no row.
+            if let Some(empty) = (0..=u16::MAX).find(|p| present.binary_search(p).is_err()) {
+                table.insert(empty, &garbage).during(OP)?;
+            }
+        }
+        txn.commit().during(OP)
+    }
+}
+
+/// Creates the tables, checks the schema, and discards unfinished uploads.
+fn prepare(db: &Database) -> Result<(), Box<dyn StdError + Send + Sync>> {
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        let schema = meta.get(SCHEMA_KEY)?.map(|g| g.value());
+        match schema {
+            None => {
+                meta.insert(SCHEMA_KEY, SCHEMA)?;
+            }
+            Some(SCHEMA) => {}
+            Some(found) => return Err(Box::new(LayoutError::Schema { found })),
+        }
+        if meta.get(NEXT_GENERATION_KEY)?.is_none() {
+            meta.insert(NEXT_GENERATION_KEY, 1)?;
+        }
+        txn.open_table(VERSIONS)?;
+        txn.open_table(FINGERPRINTS)?;
+        let mut uploads = txn.open_table(UPLOADS)?;
+        let mut chunks = txn.open_table(CHUNKS)?;
+        let pending = uploads
+            .iter()?
+            .map(|row| row.map(|(generation, id)| (generation.value(), Id(*id.value()))))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (generation, id) in &pending {
+            tracing::debug!(%id, generation, "discarding an unfinished upload");
+            delete_chunks(&mut chunks, *generation, "open: discard unfinished uploads")?;
+        }
+        if !pending.is_empty() {
+            tracing::info!(
+                count = pending.len(),
+                "discarded uploads left unfinished by a previous process"
+            );
+        }
+        uploads.retain(|_, _| false)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Takes the next `count` generations from `meta_v1`; returns the first.
+fn allocate_generations(
+    meta: &mut Table<'_, &'static str, u64>,
+    count: u64,
+    op: &'static str,
+) -> Result<u64, StoreError> {
+    let first = meta
+        .get(NEXT_GENERATION_KEY)
+        .during(op)?
+        .map_or(1, |g| g.value());
+    if count > 0 {
+        meta.insert(NEXT_GENERATION_KEY, first + count).during(op)?;
+    }
+    Ok(first)
+}
+
+impl Store for RedbStore {
+    fn lookup(&self, id: &Id) -> Result<Option<Record>, StoreError> {
+        const OP: &str = "lookup";
+        let txn = self.db.begin_read().during(OP)?;
+        let versions = txn.open_table(VERSIONS).during(OP)?;
+        Ok(read_row(&versions, id, OP)?.map(|row| row.record))
+    }
+
+    fn scan(
+        &self,
+        range: &IdRange,
+        after: Option<&Id>,
+        limit: usize,
+    ) -> Result<Vec<(Id, Record)>, StoreError> {
+        const OP: &str = "scan";
+        let start = match after {
+            None => range.start,
+            Some(after) => match after.successor() {
+                Some(next) => next.max(range.start),
+                None => return Ok(Vec::new()),
+            },
+        };
+        let end = range.end.map(|end| end.0);
+        if limit == 0 || end.is_some_and(|end| end <= start.0) {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read().during(OP)?;
+        let versions = txn.open_table(VERSIONS).during(OP)?;
+        let bounds = (
+            Bound::Included(&start.0),
+            end.as_ref().map_or(Bound::Unbounded, Bound::Excluded),
+        );
+        let mut out = Vec::new();
+        for row in versions
+            .range::<&[u8; ID_LEN]>(bounds)
+            .during(OP)?
+            .take(limit)
+        {
+            let (key, value) = row.during(OP)?;
+            let id = Id(*key.value());
+            out.push((id, VersionRow::decode(&id, value.value())?.record));
+        }
+        Ok(out)
+    }
+
+    fn put_batch(&self, items: &[PutItem<'_>]) -> Result<Vec<PutOutcome>, StoreError> {
+        const OP: &str = "put_batch";
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Hash before taking the write lock: it is the slow part of a batch of small values.
+        let matches: Vec<bool> = items
+            .iter()
+            .map(|item| {
+                let sum = blake3::hash(item.value);
+                value_matches(&item.version, item.value.len() as u64, sum.as_bytes())
+            })
+            .collect();
+        let with_chunks = items.iter().filter(|item| !item.value.is_empty()).count() as u64;
+        let mut txn = self.db.begin_write().during(OP)?;
+        txn.set_durability(Durability::Immediate).during(OP)?;
+        // Visit the items in id order, so the version pages they touch are visited in order;
+        // the sort is stable, so items of one id keep the order that decides their outcomes.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by_key(|&i| items[i].id);
+        let mut outcomes = vec![PutOutcome::Written; items.len()];
+        {
+            let mut meta = txn.open_table(META).during(OP)?;
+            // One generation per item with a value, refused or not: unused numbers are free.
+            let mut next_generation = allocate_generations(&mut meta, with_chunks, OP)?;
+            let mut tables = RecordTables::open(&txn, OP)?;
+            for i in order {
+                let item = &items[i];
+                let old = read_row(&tables.versions, &item.id, OP)?;
+                outcomes[i] = match old {
+                    Some(stored) if !accepts(Some(&stored.record), &item.version) => {
+                        PutOutcome::Stale {
+                            stored: stored.record.version,
+                        }
+                    }
+                    _ if !matches[i] => PutOutcome::ChecksumMismatch,
+                    _ => {
+                        let generation = if item.value.is_empty() {
+                            0
+                        } else {
+                            next_generation += 1;
+                            next_generation - 1
+                        };
+                        write_chunks(&mut tables.chunks, generation, item.value, OP)?;
+                        let new = VersionRow {
+                            record: Record {
+                                version: item.version,
+                                corrupt: false,
+                            },
+                            generation,
+                        };
+                        tables.replace(&item.id, old, new, OP)?;
+                        PutOutcome::Written
+                    }
+                };
+            }
+            tables.finish(OP)?;
+        }
+        txn.commit().during(OP)?;
+        Ok(outcomes)
+    }
+
+    fn begin_upload(&self, id: Id, version: Version) -> Result<Box<dyn Upload>, StoreError> {
+        const OP: &str = "begin_upload";
+        let mut txn = self.db.begin_write().during(OP)?;
+        // Not durable on its own, and need not be: redb makes commits durable in order, so
+        // this row is on disk before (or with) any chunk staged under it or the commit that
+        // uses it; a crash before then loses the row and the chunks together.
+        txn.set_durability(Durability::None).during(OP)?;
+        let generation;
+        {
+            let mut meta = txn.open_table(META).during(OP)?;
+            generation = allocate_generations(&mut meta, 1, OP)?;
+            let mut uploads = txn.open_table(UPLOADS).during(OP)?;
+            uploads.insert(generation, &id.0).during(OP)?;
+        }
+        txn.commit().during(OP)?;
+        Ok(Box::new(RedbUpload {
+            db: Arc::clone(&self.db),
+            id,
+            version,
+            generation,
+            staged: 0,
+            buffer: Vec::new(),
+            received: 0,
+            hasher: blake3::Hasher::new(),
+            broken: false,
+            finished: false,
+        }))
+    }
+
+    fn open_value(&self, id: &Id) -> Result<Option<Box<dyn ValueReader>>, StoreError> {
+        const OP: &str = "open_value";
+        let txn = self.db.begin_read().during(OP)?;
+        let versions = txn.open_table(VERSIONS).during(OP)?;
+        let Some(row) = read_row(&versions, id, OP)? else {
+            return Ok(None);
+        };
+        let chunks = txn.open_table(CHUNKS).during(OP)?;
+        Ok(Some(Box::new(RedbValueReader {
+            chunks,
+            _snapshot: txn,
+            id: *id,
+            row,
+            next_index: 0,
+            remaining: row.record.version.size,
+        })))
+    }
+
+    fn remove_exact(&self, id: &Id, version: &Version) -> Result<bool, StoreError> {
+        const OP: &str = "remove_exact";
+        let mut txn = self.db.begin_write().during(OP)?;
+        txn.set_durability(Durability::Immediate).during(OP)?;
+        let removed = {
+            let mut tables = RecordTables::open(&txn, OP)?;
+            match read_row(&tables.versions, id, OP)? {
+                Some(row) if row.record.version == *version => {
+                    tables.versions.remove(&id.0).during(OP)?;
+                    delete_chunks(&mut tables.chunks, row.generation, OP)?;
+                    if !row.record.corrupt {
+                        tables.fingerprint_remove(id, version, OP)?;
+                    }
+                    tables.finish(OP)?;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if removed {
+            txn.commit().during(OP)?;
+        } else {
+            txn.abort().during(OP)?;
+        }
+        Ok(removed)
+    }
+
+    fn mark_corrupt(&self, id: &Id, version: &Version) -> Result<bool, StoreError> {
+        const OP: &str = "mark_corrupt";
+        let mut txn = self.db.begin_write().during(OP)?;
+        txn.set_durability(Durability::Immediate).during(OP)?;
+        let (holds, changed) = {
+            let mut tables = RecordTables::open(&txn, OP)?;
+            match read_row(&tables.versions, id, OP)? {
+                Some(row) if row.record.version == *version && !row.record.corrupt => {
+                    let marked = VersionRow {
+                        record: Record {
+                            corrupt: true,
+                            ..row.record
+                        },
+                        ..row
+                    };
+                    tables.replace(id, Some(row), marked, OP)?;
+                    tables.finish(OP)?;
+                    (true, true)
+                }
+                // Already marked: nothing to change.
+                Some(row) if row.record.version == *version => (true, false),
+                _ => (false, false),
+            }
+        };
+        if changed {
+            txn.commit().during(OP)?;
+        } else {
+            txn.abort().during(OP)?;
+        }
+        Ok(holds)
+    }
+
+    fn partition_fingerprints(
+        &self,
+        first: u16,
+        last: u16,
+    ) -> Result<Vec<Fingerprint>, StoreError> {
+        const OP: &str = "partition_fingerprints";
+        if first > last {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![Fingerprint::EMPTY; usize::from(last - first) + 1];
+        let txn = self.db.begin_read().during(OP)?;
+        let table = txn.open_table(FINGERPRINTS).during(OP)?;
+        for row in table.range(first..=last).during(OP)? {
+            let (partition, fp) = row.during(OP)?;
+            out[usize::from(partition.value() - first)] = Fingerprint::from_bytes(fp.value());
+        }
+        Ok(out)
+    }
+
+    fn rebuild_fingerprints(&self) -> Result<(), StoreError> {
+        const OP: &str = "rebuild_fingerprints";
+        let mut txn = self.db.begin_write().during(OP)?;
+        txn.set_durability(Durability::Immediate).during(OP)?;
+        {
+            let versions = txn.open_table(VERSIONS).during(OP)?;
+            let mut rebuilt: BTreeMap<u16, Fingerprint> = BTreeMap::new();
+            for row in versions.iter().during(OP)? {
+                let (key, value) = row.during(OP)?;
+                let id = Id(*key.value());
+                let row = VersionRow::decode(&id, value.value())?;
+                if !row.record.corrupt {
+                    rebuilt
+                        .entry(id.partition())
+                        .or_insert(Fingerprint::EMPTY)
+                        .insert(&id, &row.record.version);
+                }
+            }
+            let mut table = txn.open_table(FINGERPRINTS).during(OP)?;
+            table.retain(|_, _| false).during(OP)?;
+            for (partition, fp) in &rebuilt {
+                table.insert(*partition, &fp.to_bytes()).during(OP)?;
+            }
+        }
+        txn.commit().during(OP)
+    }
+}
+
+/// A value being uploaded: full chunks are staged on disk as they fill, so it holds at most
+/// one chunk in memory whatever the value's size.
+struct RedbUpload {
+    db: Arc<Database>,
+    id: Id,
+    version: Version,
+    generation: u64,
+    /// Chunks already staged in `chunks_v1`.
+    staged: u32,
+    /// The chunk being filled (less than [`CHUNK_SIZE`] bytes between calls).
+    buffer: Vec<u8>,
+    received: u64,
+    hasher: blake3::Hasher,
+    /// A write failed part-way: the staged chunks no longer match the hash, so the upload
+    /// refuses to go on.
+    broken: bool,
+    /// Committed: nothing to discard on drop.
+    finished: bool,
+}
+
+impl RedbUpload {
+    /// Stages one full chunk in its own transaction. Not durable: it only matters once the
+    /// commit that references it is, and that commit makes it durable too.
+    fn stage(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        const OP: &str = "upload write";
+        let mut txn = self.db.begin_write().during(OP)?;
+        txn.set_durability(Durability::None).during(OP)?;
+        {
+            let mut chunks = txn.open_table(CHUNKS).during(OP)?;
+            chunks
+                .insert(&chunk_key(self.generation, self.staged), chunk)
+                .during(OP)?;
+        }
+        txn.commit().during(OP)?;
+        self.staged += 1;
+        Ok(())
+    }
+
+    fn write_all(&mut self, mut bytes: &[u8]) -> Result<(), StoreError> {
+        while !bytes.is_empty() {
+            if self.buffer.is_empty() && bytes.len() >= CHUNK_SIZE {
+                // A whole chunk at hand: stage it without copying.
+                let (chunk, rest) = bytes.split_at(CHUNK_SIZE);
+                self.stage(chunk)?;
+                bytes = rest;
+                continue;
+            }
+            let take = (CHUNK_SIZE - self.buffer.len()).min(bytes.len());
+            self.buffer.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.buffer.len() == CHUNK_SIZE {
+                let chunk = std::mem::take(&mut self.buffer);
+                self.stage(&chunk)?;
+                self.buffer = chunk;
+                self.buffer.clear();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Upload for RedbUpload {
+    fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        if self.broken {
+            return Err(StoreError::backend("upload write", UploadBroken));
+        }
+        if self.received + chunk.len() as u64 > self.version.size {
+            return Err(StoreError::TooLong {
+                id: self.id,
+                size: self.version.size,
+            });
+        }
+        self.received += chunk.len() as u64;
+        self.hasher.update(chunk);
+        let written = self.write_all(chunk);
+        self.broken = written.is_err();
+        written
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<PutOutcome, StoreError> {
+        const OP: &str = "upload commit";
+        if self.broken {
+            return Err(StoreError::backend(OP, UploadBroken));
+        }
+        let matches = value_matches(
+            &self.version,
+            self.received,
+            self.hasher.finalize().as_bytes(),
+        );
+        let mut txn = self.db.begin_write().during(OP)?;
+        txn.set_durability(Durability::Immediate).during(OP)?;
+        let outcome = {
+            let mut tables = RecordTables::open(&txn, OP)?;
+            let mut uploads = txn.open_table(UPLOADS).during(OP)?;
+            let old = read_row(&tables.versions, &self.id, OP)?;
+            let outcome = match old {
+                Some(stored) if !accepts(Some(&stored.record), &self.version) => {
+                    PutOutcome::Stale {
+                        stored: stored.record.version,
+                    }
+                }
+                _ if !matches => PutOutcome::ChecksumMismatch,
+                _ => PutOutcome::Written,
+            };
+            if outcome == PutOutcome::Written {
+                if !self.buffer.is_empty() {
+                    let key = chunk_key(self.generation, self.staged);
+                    tables
+                        .chunks
+                        .insert(&key, self.buffer.as_slice())
+                        .during(OP)?;
+                }
+                let new = VersionRow {
+                    record: Record {
+                        version: self.version,
+                        corrupt: false,
+                    },
+                    generation: if self.version.size == 0 {
+                        0
+                    } else {
+                        self.generation
+                    },
+                };
+                tables.replace(&self.id, old, new, OP)?;
+            } else {
+                delete_chunks(&mut tables.chunks, self.generation, OP)?;
+            }
+            uploads.remove(self.generation).during(OP)?;
+            tables.finish(OP)?;
+            outcome
+        };
+        txn.commit().during(OP)?;
+        self.finished = true;
+        Ok(outcome)
+    }
+}
+
+/// Deletes an abandoned upload's staged chunks and its `uploads_v1` row.
+fn discard_upload(db: &Database, generation: u64) -> Result<(), StoreError> {
+    const OP: &str = "discard upload";
+    let mut txn = db.begin_write().during(OP)?;
+    // If a crash loses this, the next open finds the upload row and discards it then.
+    txn.set_durability(Durability::None).during(OP)?;
+    {
+        let mut chunks = txn.open_table(CHUNKS).during(OP)?;
+        delete_chunks(&mut chunks, generation, OP)?;
+        let mut uploads = txn.open_table(UPLOADS).during(OP)?;
+        uploads.remove(generation).during(OP)?;
+    }
+    txn.commit().during(OP)
+}
+
+impl Drop for RedbUpload {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        if let Err(e) = discard_upload(&self.db, self.generation) {
+            tracing::warn!(
+                id = %self.id,
+                generation = self.generation,
+                error = %e,
+                "cannot discard an abandoned upload now; the next open will"
+            );
+        }
+    }
+}
+
+/// Reads one generation of a value from the snapshot it was opened in.
+struct RedbValueReader {
+    chunks: ReadOnlyTable<&'static [u8; CHUNK_KEY_BYTES], &'static [u8]>,
+    /// Keeps the snapshot the version row was read from alive while chunks are read.
+    _snapshot: ReadTransaction,
+    id: Id,
+    row: VersionRow,
+    next_index: u32,
+    remaining: u64,
+}
+
+impl ValueReader for RedbValueReader {
+    fn version(&self) -> Version {
+        self.row.record.version
+    }
+
+    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
+        const OP: &str = "read value";
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        let key = chunk_key(self.row.generation, self.next_index);
+        let Some(chunk) = self.chunks.get(&key).during(OP)? else {
+            return Err(StoreError::Malformed {
+                id: self.id,
+                what: "a chunk of the value is missing",
+            });
+        };
+        let chunk = chunk.value().to_vec();
+        let expected = self.remaining.min(CHUNK_SIZE as u64);
+        if chunk.len() as u64 != expected {
+            return Err(StoreError::Malformed {
+                id: self.id,
+                what: "a chunk of the value has the wrong length",
+            });
+        }
+        self.remaining -= expected;
+        self.next_index += 1;
+        Ok(Some(chunk))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance;
+
+    fn chunk_rows(store: &RedbStore) -> Vec<[u8; CHUNK_KEY_BYTES]> {
+        let txn = store.db.begin_read().expect("begin_read");
+        let chunks = txn.open_table(CHUNKS).expect("chunks table");
+        chunks
+            .iter()
+            .expect("iter")
+            .map(|row| *row.expect("row").0.value())
+            .collect()
+    }
+
+    fn upload_rows(store: &RedbStore) -> usize {
+        let txn = store.db.begin_read().expect("begin_read");
+        let uploads = txn.open_table(UPLOADS).expect("uploads table");
+        uploads.iter().expect("iter").count()
+    }
+
+    fn value(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn store_redb_passes_conformance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n = std::cell::Cell::new(0);
+        conformance::run_all(&|| {
+            n.set(n.get() + 1);
+            let path = dir.path().join(format!("{}.redb", n.get()));
+            Box::new(RedbStore::open(&path).expect("open"))
+        });
+    }
+
+    #[test]
+    fn store_redb_version_row_round_trips_and_refuses_a_bad_flag() {
+        let id = Id::from_key(b"k");
+        let row = VersionRow {
+            record: Record {
+                version: Version::of_value(b"v", 7, 3),
+                corrupt: true,
+            },
+            generation: 0x0102_0304_0506_0708,
+        };
+        let bytes = row.encode();
+        assert_eq!(bytes[VERSION_BYTES], 1);
+        assert_eq!(
+            bytes[VERSION_BYTES + 1],
+            0x08,
+            "generation is little-endian"
+        );
+        assert_eq!(VersionRow::decode(&id, &bytes).expect("decode"), row);
+        let mut bad = bytes;
+        bad[VERSION_BYTES] = 2;
+        assert!(matches!(
+            VersionRow::decode(&id, &bad),
+            Err(StoreError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn store_redb_overwrite_and_remove_delete_old_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(&dir.path().join("s.redb")).expect("open");
+        let id = Id::from_key(b"big");
+        let big = value(2 * CHUNK_SIZE + 1);
+        let v1 = Version::of_value(&big, 1, 0);
+        let put = |version, value: &[u8]| {
+            store
+                .put_batch(&[PutItem { id, version, value }])
+                .expect("put_batch")
+        };
+        assert_eq!(put(v1, &big), vec![PutOutcome::Written]);
+        assert_eq!(chunk_rows(&store).len(), 3);
+        let v2 = Version::of_value(b"small", 2, 0);
+        assert_eq!(put(v2, b"small"), vec![PutOutcome::Written]);
+        assert_eq!(chunk_rows(&store).len(), 1);
+        let v3 = Version::tombstone(3);
+        assert_eq!(put(v3, b""), vec![PutOutcome::Written]);
+        assert_eq!(chunk_rows(&store).len(), 0, "a tombstone has no chunks");
+        let v4 = Version::of_value(&big, 4, 0);
+        let mut up = store.begin_upload(id, v4).expect("begin_upload");
+        up.write(&big).expect("write");
+        assert_eq!(up.commit().expect("commit"), PutOutcome::Written);
+        assert_eq!(chunk_rows(&store).len(), 3);
+        assert_eq!(upload_rows(&store), 0);
+        assert!(store.remove_exact(&id, &v4).expect("remove_exact"));
+        assert!(chunk_rows(&store).is_empty());
+    }
+
+    #[test]
+    fn store_redb_refused_and_dropped_uploads_leave_no_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(&dir.path().join("s.redb")).expect("open");
+        let id = Id::from_key(b"up");
+        let big = value(3 * CHUNK_SIZE);
+        let v = Version::of_value(&big, 5, 0);
+
+        let mut up = store.begin_upload(id, v).expect("begin_upload");
+        up.write(&big[..2 * CHUNK_SIZE + 7]).expect("write");
+        assert_eq!(
+            chunk_rows(&store).len(),
+            2,
+            "full chunks are staged as they fill"
+        );
+        assert_eq!(upload_rows(&store), 1);
+        drop(up);
+        assert!(chunk_rows(&store).is_empty());
+        assert_eq!(upload_rows(&store), 0);
+
+        let mut wrong = big.clone();
+        wrong[0] ^= 1;
+        let mut up = store.begin_upload(id, v).expect("begin_upload");
+        up.write(&wrong).expect("write");
+        assert_eq!(up.commit().expect("commit"), PutOutcome::ChecksumMismatch);
+        assert!(chunk_rows(&store).is_empty());
+        assert_eq!(upload_rows(&store), 0);
+
+        assert_eq!(
+            store
+                .put_batch(&[PutItem {
+                    id,
+                    version: v,
+                    value: &big
+                }])
+                .expect("put_batch"),
+            vec![PutOutcome::Written]
+        );
+        let mut up = store.begin_upload(id, v).expect("begin_upload");
+        up.write(&big).expect("write");
+        assert_eq!(
+            up.commit().expect("commit"),
+            PutOutcome::Stale { stored: v }
+        );
+        assert_eq!(
+            chunk_rows(&store).len(),
+            3,
+            "only the stored value's chunks"
+        );
+        assert_eq!(upload_rows(&store), 0);
+    }
+
+    #[test]
+    fn store_redb_open_discards_uploads_left_by_a_crash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let id = Id::from_key(b"crash");
+        {
+            let store = RedbStore::open(&path).expect("open");
+            let v = Version::of_value(b"kept", 1, 0);
+            store
+                .put_batch(&[PutItem {
+                    id,
+                    version: v,
+                    value: b"kept",
+                }])
+                .expect("put_batch");
+            // What a process killed mid-upload leaves: a recorded upload and staged chunks.
+            let txn = store.db.begin_write().expect("begin_write");
+            {
+                let mut uploads = txn.open_table(UPLOADS).expect("uploads");
+                uploads.insert(999, &id.0).expect("insert");
+                let mut chunks = txn.open_table(CHUNKS).expect("chunks");
+                for index in 0..3 {
+                    chunks
+                        .insert(&chunk_key(999, index), [7u8; 16].as_slice())
+                        .expect("insert");
+                }
+            }
+            txn.commit().expect("commit");
+            assert_eq!(chunk_rows(&store).len(), 4);
+        }
+        let store = RedbStore::open(&path).expect("reopen");
+        assert_eq!(upload_rows(&store), 0);
+        let left = chunk_rows(&store);
+        assert_eq!(left.len(), 1, "only the committed value's chunk is left");
+        assert_ne!(left[0][..8], 999u64.to_be_bytes());
+        assert_eq!(
+            store.lookup(&id).expect("lookup").map(|r| r.version),
+            Some(Version::of_value(b"kept", 1, 0))
+        );
+    }
+
+    #[test]
+    fn store_redb_refuses_an_unknown_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        {
+            let store = RedbStore::open(&path).expect("open");
+            let txn = store.db.begin_write().expect("begin_write");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(SCHEMA_KEY, 2)
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        match RedbStore::open(&path) {
+            Err(StoreError::Open { path: p, source }) => {
+                assert_eq!(p, path);
+                assert!(source.to_string().contains("schema is 2"), "{source}");
+            }
+            other => panic!("expected an open error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn store_redb_debug_corrupt_value_changes_bytes_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(&dir.path().join("s.redb")).expect("open");
+        let id = Id::from_key(b"rot");
+        let v = Version::of_value(b"precious", 1, 0);
+        store
+            .put_batch(&[PutItem {
+                id,
+                version: v,
+                value: b"precious",
+            }])
+            .expect("put_batch");
+        let fp = store.partition_fingerprints(0, u16::MAX).expect("fps");
+        assert!(store.debug_corrupt_value(&id).expect("corrupt"));
+        assert_eq!(
+            store.lookup(&id).expect("lookup").map(|r| r.version),
+            Some(v)
+        );
+        assert_eq!(store.partition_fingerprints(0, u16::MAX).expect("fps"), fp);
+        let mut reader = store.open_value(&id).expect("open").expect("value");
+        let bytes = reader.next_chunk().expect("chunk").expect("one chunk");
+        assert_eq!(bytes.len(), 8);
+        assert_ne!(blake3::hash(&bytes).as_bytes(), &v.checksum);
+
+        let dead = Id::from_key(b"dead");
+        store
+            .put_batch(&[PutItem {
+                id: dead,
+                version: Version::tombstone(1),
+                value: b"",
+            }])
+            .expect("put_batch");
+        assert!(!store.debug_corrupt_value(&dead).expect("tombstone"));
+        assert!(!store
+            .debug_corrupt_value(&Id::from_key(b"absent"))
+            .expect("absent"));
+    }
+}

@@ -1,0 +1,122 @@
+//! What every client command shares: finding the cluster dir, connecting, parsing groups.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use mend_engine::client::{Bootstrap, Client};
+use mend_engine::pki::Credentials;
+use mend_engine::route::{parse_addr, RouteList, CLUSTER_FILE};
+
+/// Where to find the cluster and which node to bootstrap from.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Cluster dir with cluster.toml and certificates.
+    #[arg(
+        long,
+        env = "MEND_CLUSTER",
+        default_value = "cluster",
+        value_name = "DIR"
+    )]
+    pub cluster: PathBuf,
+    /// A node to learn the route list from: host:port or Elliptics' host:port:family.
+    /// Default: the route list in the cluster dir's cluster.toml.
+    #[arg(short = 'r', long = "remote", value_name = "HOST:PORT")]
+    pub remote: Option<String>,
+}
+
+impl ClusterArgs {
+    /// Checks the cluster dir exists and has a cluster file.
+    pub fn check_dir(&self) -> anyhow::Result<()> {
+        if !self.cluster.join(CLUSTER_FILE).is_file() {
+            bail!(
+                "cluster dir {} has no {CLUSTER_FILE} (give --cluster DIR or set MEND_CLUSTER; create one with `mend init`)",
+                self.cluster.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Connects a client: credentials from the cluster dir, route list from `-r` or the file.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        self.check_dir()?;
+        // The cluster file first: a malformed one is the error to report.
+        let bootstrap = match &self.remote {
+            Some(r) => Bootstrap::Remote(parse_addr(r)?),
+            None => Bootstrap::Route(RouteList::load(&self.cluster)?),
+        };
+        let creds = Credentials::for_client(&self.cluster)?;
+        Ok(Client::connect(&creds, bootstrap).await?)
+    }
+}
+
+/// Parses `-g 1,2,3` values: groups are numbers ≥ 1, each given once.
+pub fn check_groups(groups: &[u32]) -> anyhow::Result<()> {
+    if groups.is_empty() {
+        bail!("no groups given (-g 1,2,3)");
+    }
+    for (i, g) in groups.iter().enumerate() {
+        if *g == 0 {
+            bail!("group 0 does not exist: groups start at 1");
+        }
+        if groups[..i].contains(g) {
+            bail!("group {g} is given twice");
+        }
+    }
+    Ok(())
+}
+
+/// A runtime for a command.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Logs to stderr, at `default` unless RUST_LOG says otherwise.
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A progress bar that draws only on a terminal.
+pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr_with_hz(4),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}
+
+/// Parses a user-flags number: decimal or 0x-hex.
+pub fn parse_flags(s: &str) -> Result<u64, String> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|_| format!("{s:?} is not a number (decimal or 0x-hex)"))
+}
+
+/// Peak resident set size of process `pid` in KiB (Linux `VmHWM`), if known.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

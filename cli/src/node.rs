@@ -1,0 +1,73 @@
+//! `mend node`: run storage nodes until a signal.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use mend_engine::route::RouteList;
+
+use crate::common::{init_logging, runtime};
+
+/// Arguments of `mend node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Cluster dir with cluster.toml and certificates.
+    #[arg(
+        long,
+        env = "MEND_CLUSTER",
+        default_value = "cluster",
+        value_name = "DIR"
+    )]
+    pub cluster: PathBuf,
+    /// The node to run (its id in cluster.toml, e.g. g1n1).
+    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    pub id: Option<String>,
+    /// Run every node of the cluster in this process (demos, tests, one machine).
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Runs `mend node`: prints `ready NODE ADDR` per node once it serves, then waits for
+/// SIGINT or SIGTERM and shuts down cleanly.
+pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    init_logging("info");
+    let rt = runtime()?;
+    rt.block_on(async {
+        let nodes = if args.all {
+            mend_engine::node::start_all(&args.cluster).await?
+        } else {
+            let id = args
+                .id
+                .as_deref()
+                .expect("clap requires --id without --all");
+            let route = RouteList::load(&args.cluster)?;
+            let store = mend_engine::node::open_store(&args.cluster, &route, id)?;
+            vec![mend_engine::node::start(&args.cluster, id, store).await?]
+        };
+        {
+            let mut out = std::io::stdout().lock();
+            for n in &nodes {
+                writeln!(out, "ready {} {}", n.id, n.addr)?;
+            }
+            out.flush()?;
+        }
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        for n in nodes {
+            n.shutdown().await;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! A node faced with hostile frames: garbage, oversized length prefixes, and streams that
+//! stall mid-frame. Each ends its own stream with an error; the node keeps serving.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mend_engine::node;
+use mend_engine::pki::{write_cluster_pki, Credentials};
+use mend_engine::route::{NodeEntry, PartitionRange, RouteList};
+use mend_engine::store::MemoryStore;
+use mend_engine::transport::{client_endpoint, Peer};
+use mend_engine::wire::{self, ErrorKind, Request, Response};
+use mend_engine::{Id, Version};
+
+async fn one_node() -> (tempfile::TempDir, node::RunningNode) {
+    let dir = tempfile::tempdir().unwrap();
+    let route = RouteList {
+        name: "hostile".into(),
+        epoch: 1,
+        nodes: vec![NodeEntry {
+            id: "g1n1".into(),
+            group: 1,
+            addr: "127.0.0.1:0".into(),
+            data_dir: PathBuf::from("data/g1n1"),
+            partitions: vec![PartitionRange {
+                first: 0,
+                last: u16::MAX,
+            }],
+        }],
+    };
+    write_cluster_pki(dir.path(), "hostile", &["g1n1"]).unwrap();
+    route.save(dir.path()).unwrap();
+    let node = node::start(dir.path(), "g1n1", Arc::new(MemoryStore::default()))
+        .await
+        .unwrap();
+    (dir, node)
+}
+
+async fn connect(dir: &tempfile::TempDir, node: &node::RunningNode) -> Peer {
+    let ep = client_endpoint(&Credentials::for_client(dir.path()).unwrap()).unwrap();
+    Peer::connect(&ep, node.addr).await.unwrap()
+}
+
+/// Sends raw bytes on a new stream and returns the node's answer.
+async fn raw(peer: &Peer, bytes: &[u8]) -> Option<Response> {
+    let (mut send, mut recv) = peer.conn.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    let _ = send.finish();
+    wire::read_frame::<_, Response>(&mut recv).await.unwrap()
+}
+
+fn is_protocol_error(r: &Option<Response>) -> bool {
+    matches!(r, Some(Response::Error(e)) if e.kind == ErrorKind::Protocol)
+}
+
+#[tokio::test]
+async fn garbage_and_oversized_frames_end_their_stream_and_the_node_serves_on() {
+    let (dir, node) = one_node().await;
+    let hostile = connect(&dir, &node).await;
+    let honest = connect(&dir, &node).await;
+
+    // A stream that announces a frame and then stalls: the node waits on it alone.
+    let (mut stalled, _stalled_recv) = hostile.conn.open_bi().await.unwrap();
+    stalled.write_all(&1000u32.to_be_bytes()).await.unwrap();
+    stalled.write_all(&[1, 2, 3]).await.unwrap();
+
+    // Garbage after a valid length.
+    let mut garbage = 7u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff]);
+    let answer = raw(&hostile, &garbage).await;
+    assert!(is_protocol_error(&answer), "{answer:?}");
+
+    // A length prefix over the limit: refused before anything is allocated.
+    let answer = raw(&hostile, &u32::MAX.to_be_bytes()).await;
+    match &answer {
+        Some(Response::Error(e)) => assert!(e.message.contains("exceeds the limit"), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+
+    // A frame cut short.
+    let answer = raw(&hostile, &50u32.to_be_bytes()).await;
+    assert!(is_protocol_error(&answer), "{answer:?}");
+
+    // A valid frame whose vector length claims more than the frame holds.
+    let mut lying = vec![2u8, 0xfd];
+    lying.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    let mut framed = (lying.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&lying);
+    let answer = raw(&hostile, &framed).await;
+    assert!(is_protocol_error(&answer), "{answer:?}");
+
+    // Meanwhile an honest client is served, and so is the hostile connection itself.
+    let id = Id::from_key(b"k");
+    let version = Version::of_value(b"v", 1, 0);
+    let (mut send, mut recv) = honest.open(&Request::Write { id, version }).await.unwrap();
+    send.write_all(b"v").await.unwrap();
+    let _ = send.finish();
+    assert!(matches!(
+        honest.next(&mut recv).await.unwrap(),
+        Some(Response::Written(_))
+    ));
+    match hostile
+        .call(&Request::Lookup { ids: vec![id] })
+        .await
+        .unwrap()
+    {
+        Response::Records(r) => assert_eq!(r[0].unwrap().version, version),
+        other => panic!("{other:?}"),
+    }
+    drop(stalled);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_hello_and_out_of_bounds_requests_are_refused() {
+    let (dir, node) = one_node().await;
+    let peer = connect(&dir, &node).await;
+    let again = peer
+        .call(&Request::Hello {
+            protocol: wire::PROTOCOL_VERSION,
+        })
+        .await;
+    assert!(again.is_err());
+    let too_many = peer
+        .call(&Request::Lookup {
+            ids: vec![Id::MIN; wire::MAX_LOOKUP + 1],
+        })
+        .await;
+    assert!(too_many.unwrap_err().to_string().contains("at most"));
+    let too_split = peer
+        .call(&Request::Fingerprints {
+            ranges: vec![mend_engine::IdRange::ALL; 2],
+            split: u16::MAX,
+        })
+        .await;
+    assert!(too_split.is_err());
+    // Still served.
+    assert!(matches!(
+        peer.call(&Request::RouteList).await.unwrap(),
+        Response::RouteList(_)
+    ));
+    node.shutdown().await;
+}
