@@ -303,7 +303,7 @@ pub async fn by_full_scan(
         );
         let mut found = Vec::new();
         let consumer = merge_sorted(rxs, |id, records| {
-            if records.iter().any(|x| *x != records[0]) {
+            if crate::reconcile::differ(&records) {
                 found.push(Difference {
                     id,
                     replicas: p.owners.iter().map(|n| n.id.clone()).zip(records).collect(),

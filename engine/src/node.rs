@@ -538,7 +538,7 @@ pub fn summaries(
         .map(|range| {
             let mut out = Vec::new();
             for_each_record(store, range, &mut budget, |id, r| {
-                out.push(crate::reconcile::summary(id, r))
+                out.extend(crate::reconcile::summary(id, r))
             })?;
             Ok(out)
         })

@@ -14,8 +14,9 @@
 //! - full records of the items whose summaries differ, by id prefix.
 //!
 //! Laws (property-tested against a `BTreeMap` model): the result is exactly the set of ids
-//! whose records are not identical on every replica; it does not depend on the order in
-//! which replicas or ranges are given.
+//! whose healthy versions are not identical on every replica ([`differ`]: a copy marked
+//! corrupt counts as absent); it does not depend on the order in which replicas or ranges
+//! are given.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,15 +43,28 @@ impl Default for Config {
     }
 }
 
-/// A summary of one item: the top 64 bits of its id and a 64-bit hash of id and record.
+/// A summary of one item: the top 64 bits of its id and a 64-bit hash of id and version.
 pub type Summary = (u64, u64);
 
-/// The summary of `(id, record)`. A record marked corrupt hashes differently from the same
-/// version healthy, so a corrupt copy shows up as a difference.
-pub fn summary(id: &Id, record: &Record) -> Summary {
+/// The summary of a healthy `(id, record)`; a record marked corrupt has none (see
+/// [`differ`]).
+pub fn summary(id: &Id, record: &Record) -> Option<Summary> {
+    if record.corrupt {
+        return None;
+    }
     let element = Fingerprint::element(id, &record.version);
-    let hash = u64::from_le_bytes(element[..8].try_into().expect("8 bytes"));
-    (id_prefix(id), if record.corrupt { !hash } else { hash })
+    Some((
+        id_prefix(id),
+        u64::from_le_bytes(element[..8].try_into().expect("8 bytes")),
+    ))
+}
+
+/// Whether replicas' records of one id differ. A copy marked corrupt counts as absent, as
+/// it does in fingerprints: a corrupt copy beside a healthy one differs, beside nothing it
+/// does not (scrub reports such copies).
+pub fn differ(records: &[Option<Record>]) -> bool {
+    let healthy = |r: &Option<Record>| r.filter(|r| !r.corrupt).map(|r| r.version);
+    records.iter().any(|r| healthy(r) != healthy(&records[0]))
 }
 
 /// The top 64 bits of an id.
@@ -277,7 +291,7 @@ impl Reconcile {
         }
         // Items that merely share a prefix with a differing one are dropped here.
         for (id, records) in found {
-            if records.iter().any(|x| *x != records[0]) {
+            if differ(&records) {
                 self.differences.insert(id, records);
             }
         }
@@ -327,7 +341,7 @@ pub fn answer_from_items(round: &Round, items: &BTreeMap<Id, Record>) -> Answers
     for range in &round.summaries {
         answers
             .summaries
-            .push(in_range(range).map(|(i, r)| summary(i, r)).collect());
+            .push(in_range(range).filter_map(|(i, r)| summary(i, r)).collect());
     }
     for (range, prefixes) in &round.records {
         let wanted: BTreeSet<u64> = prefixes.iter().copied().collect();
@@ -375,7 +389,7 @@ mod tests {
                         .collect::<Vec<_>>(),
                 )
             })
-            .filter(|(_, rs)| rs.iter().any(|x| *x != rs[0]))
+            .filter(|(_, rs)| differ(rs))
             .collect()
     }
 

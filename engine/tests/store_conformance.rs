@@ -46,7 +46,7 @@ conformance_tests!(
     tombstone_is_a_version_without_value,
     stale_write_is_refused,
     newer_write_replaces,
-    corrupt_record_is_repaired_by_equal_version,
+    corrupt_record_counts_as_absent,
     checksum_mismatch_is_refused,
     batch_items_are_independent,
     scan_pages_in_id_order,

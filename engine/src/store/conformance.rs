@@ -34,8 +34,8 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("stale_write_is_refused", stale_write_is_refused),
     ("newer_write_replaces", newer_write_replaces),
     (
-        "corrupt_record_is_repaired_by_equal_version",
-        corrupt_record_is_repaired_by_equal_version,
+        "corrupt_record_counts_as_absent",
+        corrupt_record_counts_as_absent,
     ),
     ("checksum_mismatch_is_refused", checksum_mismatch_is_refused),
     ("batch_items_are_independent", batch_items_are_independent),
@@ -339,9 +339,10 @@ pub fn newer_write_replaces(store: &dyn Store) {
     );
 }
 
-/// A record marked corrupt is treated as absent for that version: the same version (from
-/// a healthy replica) repairs it, a newer one replaces it, an older one is still refused.
-pub fn corrupt_record_is_repaired_by_equal_version(store: &dyn Store) {
+/// A record marked corrupt counts as absent ("corrupt never wins"): the same version from
+/// a healthy replica repairs it, and so does an older one (the corrupt value is lost; the
+/// newest healthy version elsewhere must be able to take its place).
+pub fn corrupt_record_counts_as_absent(store: &dyn Store) {
     let a = id_in(6, 0);
     let value = bytes(6, 2000);
     let v = put_value(store, a, &value, 10);
@@ -350,10 +351,13 @@ pub fn corrupt_record_is_repaired_by_equal_version(store: &dyn Store) {
     assert_eq!(fingerprint_of(store, 6), Fingerprint::EMPTY);
 
     let older = Version::of_value(b"older", 9, 0);
-    assert_eq!(
-        put(store, a, older, b"older"),
-        PutOutcome::Stale { stored: v }
-    );
+    assert_eq!(put(store, a, older, b"older"), PutOutcome::Written);
+    assert_eq!(store.lookup(&a).expect("lookup"), held(false, older));
+    assert_eq!(fingerprint_of(store, 6), Fingerprint::of([(&a, &older)]));
+    // Healthy again: the newer version replaces it as usual; then corrupt it once more and
+    // repair it with the same version.
+    assert_eq!(put(store, a, v, &value), PutOutcome::Written);
+    assert!(store.mark_corrupt(&a, &v).expect("mark_corrupt"));
     assert_eq!(put(store, a, v, &value), PutOutcome::Written);
     assert_eq!(store.lookup(&a).expect("lookup"), held(false, v));
     assert_eq!(read_value(store, &a), Some((v, value.clone())));
@@ -1039,7 +1043,8 @@ type Model = BTreeMap<Id, (Record, Vec<u8>)>;
 fn model_accepts(stored: Option<&Record>, incoming: &Version) -> bool {
     match stored {
         None => true,
-        Some(r) if r.corrupt => incoming.newest_cmp(&r.version) != Ordering::Less,
+        // A corrupt copy counts as absent.
+        Some(r) if r.corrupt => true,
         Some(r) => incoming.newest_cmp(&r.version) == Ordering::Greater,
     }
 }

@@ -7,7 +7,7 @@
 //! write transaction, so they never disagree after a crash. A write that carries a version
 //! not newer than the stored one is refused as stale, which is what makes recovery safe
 //! against concurrent client writes; the single exception is a stored version that scrub
-//! marked corrupt, which the same version (from a healthy replica) may replace.
+//! marked corrupt, which counts as absent and any version may replace.
 //!
 //! Stores are blocking; the node calls them from a blocking thread pool.
 
@@ -175,12 +175,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn rebuild_fingerprints(&self) -> Result<(), StoreError>;
 }
 
-/// Whether a write of `incoming` may replace `stored`: it must be strictly newer, or the
-/// same version repairing a copy marked corrupt.
+/// Whether a write of `incoming` may replace `stored`: it must be strictly newer than a
+/// healthy stored version. A copy marked corrupt counts as absent ("corrupt never wins"):
+/// its value is lost, and the newest healthy version from another replica replaces it even
+/// if the corrupt one carried a larger timestamp.
 pub fn accepts(stored: Option<&Record>, incoming: &Version) -> bool {
     match stored {
         None => true,
-        Some(r) if r.corrupt => !r.version.is_newer_than(incoming),
+        Some(r) if r.corrupt => true,
         Some(r) => incoming.is_newer_than(&r.version),
     }
 }

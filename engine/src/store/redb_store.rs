@@ -324,6 +324,9 @@ pub struct RedbStore {
     path: PathBuf,
 }
 
+/// The page cache of a node's database.
+pub const CACHE_BYTES: usize = 16 << 20;
+
 impl RedbStore {
     /// Opens the store in `path`, creating it if absent, and discards the chunks of every
     /// upload a previous process left unfinished.
@@ -332,7 +335,12 @@ impl RedbStore {
             path: path.to_path_buf(),
             source,
         };
-        let db = Database::create(path).map_err(|e| open_error(Box::new(e)))?;
+        // redb caches up to 1 GiB by default; a node's memory must stay bounded and small
+        // next to the values it moves, so the page cache is capped.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| open_error(Box::new(e)))?;
         prepare(&db).map_err(open_error)?;
         Ok(RedbStore {
             db: Arc::new(db),
