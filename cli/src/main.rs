@@ -12,6 +12,8 @@ mod demo;
 mod init;
 mod load;
 mod node;
+mod recover;
+mod scan;
 mod scrub;
 mod verify;
 
@@ -42,12 +44,18 @@ enum Command {
     Id(client_cmds::IdArgs),
     /// Bulk-load synthetic objects or a directory tree into groups, batched and pipelined.
     Load(load::LoadArgs),
+    /// Recover across groups (dnet_recovery's dc): find what differs, let the policy
+    /// decide (newest wins by default), copy it where it is missing or older.
+    Dc(recover::RecoverArgs),
     /// Compare groups: in sync (exit 0) or exactly which ids differ (exit 1), by range
     /// fingerprints (a few round trips) or, with --full-scan, by iterating everything.
     Verify(verify::VerifyArgs),
     /// Re-hash stored values, mark those whose checksum fails as corrupt (they then show
     /// up as differences and get repaired), and report them. Nothing is deleted.
     Scrub(scrub::ScrubArgs),
+    /// Inspect a metadata file (header, record count, first and last id, every CRC) or a
+    /// dump file: exit 0 if sound, 1 if corrupt or torn, 2 if it cannot be read.
+    Scan(scan::ScanArgs),
     /// Start a local 3-group cluster in a temp dir, make the groups diverge, and show it.
     Demo(demo::DemoArgs),
 }
@@ -83,8 +91,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stat(args) => client_cmds::stat(args),
         Command::Id(args) => client_cmds::id(args),
         Command::Load(args) => load::run(args),
+        Command::Dc(args) => recover::dc(args),
         Command::Verify(args) => verify::run(args),
         Command::Scrub(args) => scrub::run(args),
+        Command::Scan(args) => scan::run(args),
         Command::Demo(args) => demo::run(args),
     }
 }

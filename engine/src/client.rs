@@ -50,6 +50,14 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The source of a copy no longer holds the version to copy (a newer write arrived).
+    #[error("node {node} no longer holds the version of {id} to copy")]
+    SourceChanged {
+        /// The object.
+        id: Id,
+        /// The source node.
+        node: String,
+    },
     /// The value stream from a node broke off.
     #[error("reading the value of {id} from node {node} failed: {message}")]
     ReadFailed {
@@ -208,25 +216,80 @@ impl Client {
     ) -> Result<PutOutcome, ClientError> {
         let peer = self.peer(node).await?;
         let (mut send, mut recv) = peer.open(&Request::Write { id: *id, version }).await?;
-        // The node may refuse a stale write before reading the bytes; its answer then
-        // explains the failed send.
         let sent = match value {
             ValueSource::Bytes(bytes) => send.write_all(bytes).await.map_err(|e| e.to_string()),
             ValueSource::File(path) => stream_file(path, &mut send).await?,
         };
-        if sent.is_ok() {
-            let _ = send.finish();
+        write_outcome(&peer, send, &mut recv, sent).await
+    }
+
+    /// Copies `version` of `id` from node `from` to node `to`: the value streams through
+    /// in chunks of at most `chunk` bytes (bounded memory at any size), its checksum is
+    /// verified on the way, and the write carries the version, so `to` refuses it if it
+    /// holds a newer one.
+    pub async fn copy(
+        &self,
+        from: &NodeEntry,
+        to: &NodeEntry,
+        id: &Id,
+        version: Version,
+        chunk: usize,
+    ) -> Result<PutOutcome, ClientError> {
+        let dst = self.peer(to).await?;
+        if version.is_tombstone() || version.size == 0 {
+            let (send, mut recv) = dst.open(&Request::Write { id: *id, version }).await?;
+            return write_outcome(&dst, send, &mut recv, Ok(())).await;
         }
-        match peer.next(&mut recv).await {
-            Ok(Some(Response::Written(outcome))) => Ok(outcome),
-            Ok(Some(other)) => Err(unexpected(&peer, "write", &other)),
-            Ok(None) => Err(ClientError::Unexpected {
-                node: peer.node.clone(),
-                request: "write",
-                what: format!("nothing ({})", sent.err().unwrap_or_default()),
-            }),
-            Err(e) => Err(e.into()),
+        let src = self.peer(from).await?;
+        let (mut rsend, mut rrecv) = src.open(&Request::Read { id: *id }).await?;
+        let _ = rsend.finish();
+        match src.next(&mut rrecv).await? {
+            Some(Response::Value { version: held }) if held == version => {}
+            Some(Response::Value { .. }) | Some(Response::NoValue { .. }) => {
+                return Err(ClientError::SourceChanged {
+                    id: *id,
+                    node: from.id.clone(),
+                })
+            }
+            Some(other) => return Err(unexpected(&src, "read", &other)),
+            None => return Err(unexpected_end(&src, "read")),
         }
+        let (mut wsend, mut wrecv) = dst.open(&Request::Write { id: *id, version }).await?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![
+            0u8;
+            chunk
+                .clamp(4096, crate::store::CHUNK_SIZE)
+                .min(version.size as usize)
+        ];
+        let mut left = version.size;
+        let mut sent = Ok(());
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            rrecv
+                .read_exact(&mut buf[..want])
+                .await
+                .map_err(|e| ClientError::ReadFailed {
+                    id: *id,
+                    node: from.id.clone(),
+                    message: format!("after {} bytes: {e}", version.size - left),
+                })?;
+            hasher.update(&buf[..want]);
+            left -= want as u64;
+            if left == 0 && hasher.finalize().as_bytes() != &version.checksum {
+                // Never let a corrupt value reach another replica.
+                let _ = wsend.reset(3u32.into());
+                return Err(ClientError::Corrupt {
+                    id: *id,
+                    node: from.id.clone(),
+                });
+            }
+            if let Err(e) = wsend.write_all(&buf[..want]).await {
+                sent = Err(e.to_string());
+                break;
+            }
+        }
+        write_outcome(&dst, wsend, &mut wrecv, sent).await
     }
 
     /// Writes small values (and tombstones) to `node` in one request.
@@ -349,6 +412,30 @@ pub fn version_of_file(
         user_flags,
         flags: 0,
     })
+}
+
+/// Ends a write: finishes the send side (if all was sent) and reads the node's outcome. A
+/// node may refuse a stale write before reading its bytes; its answer then explains a
+/// failed send.
+async fn write_outcome(
+    peer: &Peer,
+    mut send: quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    sent: Result<(), String>,
+) -> Result<PutOutcome, ClientError> {
+    if sent.is_ok() {
+        let _ = send.finish();
+    }
+    match peer.next(recv).await {
+        Ok(Some(Response::Written(outcome))) => Ok(outcome),
+        Ok(Some(other)) => Err(unexpected(peer, "write", &other)),
+        Ok(None) => Err(ClientError::Unexpected {
+            node: peer.node.clone(),
+            request: "write",
+            what: format!("nothing ({})", sent.err().unwrap_or_default()),
+        }),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn unexpected(peer: &Peer, request: &'static str, answer: &Response) -> ClientError {

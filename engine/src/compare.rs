@@ -103,7 +103,8 @@ pub async fn by_fingerprints(
     Ok(report)
 }
 
-async fn compare_range(
+/// Compares one planned range; returns its differences (in id order) and counts.
+pub async fn compare_range(
     client: &Client,
     planned: &PlannedRange,
     config: Config,

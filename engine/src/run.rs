@@ -1,0 +1,790 @@
+//! The sync pipeline of `mend dc` (and, with the merge policy, `mend merge`):
+//! plan ranges → compare (fingerprints) or iterate → gather versions into temp metadata
+//! files → k-way merge into [`KeyState`]s → decide (a [`RecoveryPolicy`]) → validate →
+//! execute with bounded concurrency.
+//!
+//! Memory stays bounded whatever the key count: gathered versions go to files, the merge
+//! holds one head per file, and keys are decided and executed a batch at a time.
+//! Every failure is counted and named; a failed key's id lands in the failed list so the
+//! run can be retried with `-f`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::stream::{self, StreamExt};
+
+use crate::client::{Client, ClientError};
+use crate::compare::{self, IterateFilter, PlannedRange, Scope};
+use crate::kmerge;
+use crate::metafile::{MetaError, MetaHeader, MetaWriter};
+use crate::policy::{self, Action, KeyState, RecoveryPolicy, Replica};
+use crate::reconcile::Config;
+use crate::route::NodeEntry;
+use crate::store::PutOutcome;
+use crate::version::FLAG_MERGEABLE;
+use crate::wire::{Request, Response};
+use crate::{Id, IdRange, Record, Version};
+
+/// Where the keys of a run come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// Compare range fingerprints; only differing keys are gathered (the default).
+    Fingerprints,
+    /// Iterate every version of every replica (`--full-scan`).
+    FullScan,
+    /// Iterate versions written at or after this time (ns) (`-t`).
+    Since(u64),
+    /// Look these ids up in every group (`-f DUMP`).
+    Ids(Vec<Id>),
+}
+
+/// How a run is carried out.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The groups, in the order replicas are listed in each [`KeyState`].
+    pub groups: Vec<u32>,
+    /// Only the ranges this node owns (`-o`).
+    pub only_node: Option<String>,
+    /// Where keys come from.
+    pub source: KeySource,
+    /// Keep only versions carrying one of these user flags (empty: all).
+    pub user_flags: Vec<u64>,
+    /// The run dir for temp metadata files (created; the caller removes it).
+    pub run_dir: PathBuf,
+    /// Never remove anything.
+    pub safe: bool,
+    /// Decide and report; change nothing.
+    pub dry_run: bool,
+    /// Keys executed at once (`-n`).
+    pub concurrency: usize,
+    /// Keys decided per batch (`-b`).
+    pub batch: usize,
+    /// Bytes per chunk when copying values.
+    pub chunk_size: usize,
+    /// Attempts per write before a key fails.
+    pub attempts: u32,
+}
+
+/// The phases a run reports progress in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Comparing ranges and gathering versions.
+    Gather,
+    /// Deciding and executing.
+    Recover,
+}
+
+/// What a run did with one key, for the CSV report.
+#[derive(Debug, Clone)]
+pub struct KeyReport {
+    /// The key.
+    pub id: Id,
+    /// The action.
+    pub action: &'static str,
+    /// The source replica (`group:node`), if any.
+    pub source: String,
+    /// The destinations (`group:node` …).
+    pub destinations: Vec<String>,
+    /// The version acted on (source's), if any.
+    pub version: Option<Version>,
+    /// `ok`, `dry-run`, `kept (--safe)`, `already current`, `failed: …`.
+    pub result: String,
+}
+
+/// Receives progress and per-key reports; the CLI draws bars and writes the CSV.
+pub trait RunObserver: Send + Sync {
+    /// A phase starts with `total` units (ranges, then keys).
+    fn phase(&self, _phase: Phase, _total: u64) {}
+    /// `n` more units of the current phase are done.
+    fn advance(&self, _n: u64) {}
+    /// `n` more value bytes were copied.
+    fn bytes(&self, _n: u64) {}
+    /// One action on one key was carried out (or not).
+    fn report(&self, _report: &KeyReport) {}
+}
+
+/// Counts of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RunStats {
+    /// Ranges planned.
+    pub ranges: u64,
+    /// Ranges whose comparison or iteration failed.
+    pub ranges_failed: u64,
+    /// Versions gathered into metadata files.
+    pub gathered: u64,
+    /// Keys decided.
+    pub keys: u64,
+    /// Keys the policy acted on.
+    pub differing: u64,
+    /// Writes of a version to a replica that succeeded.
+    pub copied: u64,
+    /// Writes refused because the destination already held that version or a newer one.
+    pub already_current: u64,
+    /// Misplaced copies removed.
+    pub removed: u64,
+    /// Keys merged.
+    pub merged: u64,
+    /// Actions not carried out because of `--dry-run` or `--safe`, or skipped by the policy.
+    pub skipped: u64,
+    /// Keys that could not be recovered (no healthy replica).
+    pub unrecoverable: u64,
+    /// Keys whose recovery failed.
+    pub failed: u64,
+    /// Value bytes copied.
+    pub bytes: u64,
+    /// Per group: writes received.
+    pub copied_to_group: BTreeMap<u32, u64>,
+    /// Per node: versions gathered from it.
+    pub gathered_from_node: BTreeMap<String, u64>,
+    /// Per node: failures involving it.
+    pub failed_on_node: BTreeMap<String, u64>,
+}
+
+/// What a run found and did.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    /// The counts.
+    pub stats: RunStats,
+    /// Keys that failed or could not be recovered, with why.
+    pub failed: Vec<(Id, String)>,
+    /// Ranges that failed, with why (their keys are unknown).
+    pub failed_ranges: Vec<String>,
+}
+
+impl RunReport {
+    /// Whether every selected key converged.
+    pub fn converged(&self) -> bool {
+        self.failed.is_empty() && self.failed_ranges.is_empty()
+    }
+}
+
+/// Errors that stop a run before it starts, or a temp file that cannot be trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The route list, groups or node named are wrong, or a node could not be reached
+    /// to plan.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A temp metadata file is torn or corrupt: the run stops rather than trust it.
+    #[error("temp metadata file cannot be trusted: {0}")]
+    Meta(#[from] MetaError),
+    /// The run dir could not be created.
+    #[error("cannot create run dir {path}: {source}")]
+    RunDir {
+        /// The run dir.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the pipeline with `policy`.
+pub async fn run(
+    client: &Client,
+    config: &RunConfig,
+    policy: &dyn RecoveryPolicy,
+    observer: &dyn RunObserver,
+) -> Result<RunReport, RunError> {
+    let scope = Scope {
+        groups: config.groups.clone(),
+        only_node: config.only_node.clone(),
+    };
+    let planned = compare::plan(client, &scope)?;
+    std::fs::create_dir_all(&config.run_dir).map_err(|source| RunError::RunDir {
+        path: config.run_dir.clone(),
+        source,
+    })?;
+    let mut report = RunReport::default();
+    report.stats.ranges = planned.len() as u64;
+
+    // Gather: every range's versions into metadata files, several ranges at once.
+    observer.phase(Phase::Gather, planned.len() as u64);
+    let gathered: Vec<(usize, Result<(Vec<PathBuf>, BTreeMap<String, u64>), String>)> =
+        stream::iter(planned.iter().enumerate())
+            .map(|(i, p)| async move {
+                let r = gather(client, config, i, p).await;
+                observer.advance(1);
+                (i, r)
+            })
+            .buffer_unordered(4)
+            .collect()
+            .await;
+    let mut files: BTreeMap<usize, Vec<PathBuf>> = BTreeMap::new();
+    for (i, result) in gathered {
+        match result {
+            Ok((paths, counts)) => {
+                for (node, n) in counts {
+                    report.stats.gathered += n;
+                    *report.stats.gathered_from_node.entry(node).or_default() += n;
+                }
+                files.insert(i, paths);
+            }
+            Err(why) => {
+                report.stats.ranges_failed += 1;
+                report
+                    .failed_ranges
+                    .push(format!("partitions {}: {why}", planned[i].partitions));
+            }
+        }
+    }
+
+    // Merge, decide, execute: range by range, a batch of keys at a time.
+    observer.phase(Phase::Recover, report.stats.gathered);
+    for (i, paths) in files {
+        let p = &planned[i];
+        let mut merged = kmerge::merge_files(&paths, p.owners.len())?;
+        loop {
+            let mut batch = Vec::with_capacity(config.batch);
+            for item in merged.by_ref().take(config.batch.max(1)) {
+                let (id, records) = item?;
+                batch.push(key_state(id, p, records));
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let n = batch.len() as u64;
+            let outcomes: Vec<KeyOutcome> = stream::iter(batch)
+                .map(|key| recover_key(client, config, policy, observer, p, key))
+                .buffer_unordered(config.concurrency.max(1))
+                .collect()
+                .await;
+            for o in outcomes {
+                o.add_to(&mut report);
+            }
+            observer.advance(n);
+        }
+    }
+    Ok(report)
+}
+
+fn key_state(id: Id, p: &PlannedRange, records: Vec<Option<Record>>) -> KeyState {
+    KeyState {
+        id,
+        replicas: p
+            .owners
+            .iter()
+            .zip(records)
+            .map(|(node, record)| Replica {
+                group: node.group,
+                node: node.id.clone(),
+                proper: true,
+                record,
+            })
+            .collect(),
+    }
+}
+
+fn slot_file(config: &RunConfig, range: usize, slot: usize, part: usize) -> PathBuf {
+    config
+        .run_dir
+        .join(format!("range{range:05}-slot{slot}-{part:04}.meta"))
+}
+
+/// Gathers one range: the versions each owner holds of the keys to consider, one file per
+/// owner (and per batch of differences). Returns the files and versions per node.
+async fn gather(
+    client: &Client,
+    config: &RunConfig,
+    index: usize,
+    p: &PlannedRange,
+) -> Result<(Vec<PathBuf>, BTreeMap<String, u64>), String> {
+    let range = p.partitions.ids();
+    let header = |slot: usize| MetaHeader {
+        slot: slot as u32,
+        group: p.owners[slot].group,
+        node: p.owners[slot].id.clone(),
+        range,
+        created_ns: crate::now_ns(),
+    };
+    let mut counts = BTreeMap::new();
+    let mut paths = Vec::new();
+    match &config.source {
+        KeySource::FullScan | KeySource::Since(_) => {
+            let filter = IterateFilter {
+                since: match config.source {
+                    KeySource::Since(t) => Some(t),
+                    _ => None,
+                },
+                user_flags: config.user_flags.clone(),
+            };
+            let results =
+                futures_util::future::join_all(p.owners.iter().enumerate().map(|(slot, node)| {
+                    let path = slot_file(config, index, slot, 0);
+                    let header = header(slot);
+                    let filter = filter.clone();
+                    async move {
+                        iterate_to_file(client, node, range, &filter, &path, &header)
+                            .await
+                            .map(|n| (path, n))
+                    }
+                }))
+                .await;
+            for (slot, r) in results.into_iter().enumerate() {
+                let (path, n) = r?;
+                counts.insert(p.owners[slot].id.clone(), n);
+                paths.push(path);
+            }
+        }
+        KeySource::Fingerprints => {
+            let differences = compare::compare_range(client, p, Config::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .0;
+            let differences: Vec<(Id, Vec<Option<Record>>)> = differences
+                .into_iter()
+                .filter(|(_, rs)| passes_flags(rs, &config.user_flags))
+                .collect();
+            write_slots(
+                config,
+                index,
+                p,
+                &header,
+                &differences,
+                &mut paths,
+                &mut counts,
+            )?;
+        }
+        KeySource::Ids(ids) => {
+            let mut wanted: Vec<Id> = ids
+                .iter()
+                .copied()
+                .filter(|id| range.contains(id))
+                .collect();
+            wanted.sort();
+            wanted.dedup();
+            let mut found: Vec<(Id, Vec<Option<Record>>)> =
+                wanted.iter().map(|id| (*id, Vec::new())).collect();
+            for node in &p.owners {
+                let records = client
+                    .lookup_on(node, &wanted)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for (entry, r) in found.iter_mut().zip(records) {
+                    entry.1.push(r);
+                }
+            }
+            write_slots(config, index, p, &header, &found, &mut paths, &mut counts)?;
+        }
+    }
+    Ok((paths, counts))
+}
+
+fn passes_flags(records: &[Option<Record>], flags: &[u64]) -> bool {
+    flags.is_empty()
+        || records
+            .iter()
+            .flatten()
+            .any(|r| flags.iter().any(|f| r.version.user_flags & f != 0))
+}
+
+/// Writes each slot's records of `keys` (sorted by id) to its file.
+fn write_slots(
+    config: &RunConfig,
+    index: usize,
+    p: &PlannedRange,
+    header: &dyn Fn(usize) -> MetaHeader,
+    keys: &[(Id, Vec<Option<Record>>)],
+    paths: &mut Vec<PathBuf>,
+    counts: &mut BTreeMap<String, u64>,
+) -> Result<(), String> {
+    for slot in 0..p.owners.len() {
+        let path = slot_file(config, index, slot, 0);
+        let mut w = MetaWriter::create(&path, &header(slot)).map_err(|e| e.to_string())?;
+        let mut n = 0;
+        for (id, records) in keys {
+            if let Some(Some(r)) = records.get(slot) {
+                w.append(id, r).map_err(|e| e.to_string())?;
+                n += 1;
+            }
+        }
+        w.finish().map_err(|e| e.to_string())?;
+        counts.insert(p.owners[slot].id.clone(), n);
+        paths.push(path);
+    }
+    Ok(())
+}
+
+async fn iterate_to_file(
+    client: &Client,
+    node: &NodeEntry,
+    range: IdRange,
+    filter: &IterateFilter,
+    path: &Path,
+    header: &MetaHeader,
+) -> Result<u64, String> {
+    let mut writer = MetaWriter::create(path, header).map_err(|e| e.to_string())?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let producer = compare::iterate(client, node, range, filter, tx);
+    let consumer = async {
+        while let Some(batch) = rx.recv().await {
+            for (id, record) in batch {
+                writer.append(&id, &record).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok::<_, String>(())
+    };
+    let (count, written) = tokio::join!(producer, consumer);
+    let count = count.map_err(|e| format!("iterating node {}: {e}", node.id))?;
+    written?;
+    writer.finish().map_err(|e| e.to_string())?;
+    Ok(count)
+}
+
+/// What happened to one key.
+struct KeyOutcome {
+    id: Id,
+    differing: bool,
+    copied: Vec<(u32, u64)>,
+    already_current: u64,
+    removed: u64,
+    merged: bool,
+    skipped: u64,
+    unrecoverable: Option<String>,
+    failed: Vec<(String, String)>,
+}
+
+impl KeyOutcome {
+    fn add_to(self, report: &mut RunReport) {
+        let s = &mut report.stats;
+        s.keys += 1;
+        s.differing += u64::from(self.differing);
+        for (group, bytes) in &self.copied {
+            s.copied += 1;
+            s.bytes += bytes;
+            *s.copied_to_group.entry(*group).or_default() += 1;
+        }
+        s.already_current += self.already_current;
+        s.removed += self.removed;
+        s.merged += u64::from(self.merged);
+        s.skipped += self.skipped;
+        if let Some(why) = self.unrecoverable {
+            s.unrecoverable += 1;
+            report.failed.push((self.id, why));
+        }
+        if !self.failed.is_empty() {
+            s.failed += 1;
+            for (node, _) in &self.failed {
+                *s.failed_on_node.entry(node.clone()).or_default() += 1;
+            }
+            let why: Vec<String> = self
+                .failed
+                .iter()
+                .map(|(n, e)| format!("{n}: {e}"))
+                .collect();
+            report.failed.push((self.id, why.join("; ")));
+        }
+    }
+}
+
+fn name(r: &Replica) -> String {
+    format!("{}:{}", r.group, r.node)
+}
+
+async fn recover_key(
+    client: &Client,
+    config: &RunConfig,
+    policy: &dyn RecoveryPolicy,
+    observer: &dyn RunObserver,
+    p: &PlannedRange,
+    key: KeyState,
+) -> KeyOutcome {
+    let mut out = KeyOutcome {
+        id: key.id,
+        differing: false,
+        copied: Vec::new(),
+        already_current: 0,
+        removed: 0,
+        merged: false,
+        skipped: 0,
+        unrecoverable: None,
+        failed: Vec::new(),
+    };
+    let actions = policy.decide(&key);
+    if let Err(e) = policy::validate(&key, &actions) {
+        out.failed.push((
+            policy.name().to_string(),
+            format!("policy decision refused: {e}"),
+        ));
+        return out;
+    }
+    out.differing = actions.iter().any(|a| !matches!(a, Action::Skip { .. }));
+    let report = |action: &'static str,
+                  source: Option<&Replica>,
+                  to: &[usize],
+                  version: Option<Version>,
+                  result: String| {
+        observer.report(&KeyReport {
+            id: key.id,
+            action,
+            source: source.map(name).unwrap_or_default(),
+            destinations: to.iter().map(|t| name(&key.replicas[*t])).collect(),
+            version,
+            result,
+        });
+    };
+    for action in &actions {
+        match action {
+            Action::Skip { reason } => {
+                out.skipped += 1;
+                report("skip", None, &[], None, reason.clone());
+            }
+            Action::Unrecoverable { reason } => {
+                report("unrecoverable", None, &[], None, reason.clone());
+                out.unrecoverable = Some(reason.clone());
+            }
+            Action::Copy { from, to } => {
+                let source = &key.replicas[*from];
+                let version = source
+                    .healthy()
+                    .copied()
+                    .expect("validated: a healthy source");
+                if config.dry_run {
+                    out.skipped += 1;
+                    report("copy", Some(source), to, Some(version), "dry-run".into());
+                    continue;
+                }
+                for t in to {
+                    let dest = &key.replicas[*t];
+                    let result = copy_with_retries(
+                        client,
+                        config,
+                        &p.owners[*from],
+                        &p.owners[*t],
+                        &key.id,
+                        version,
+                    )
+                    .await;
+                    let text = match result {
+                        Ok(PutOutcome::Written) => {
+                            out.copied.push((dest.group, version.size));
+                            observer.bytes(version.size);
+                            "ok".to_string()
+                        }
+                        Ok(PutOutcome::Stale { stored }) => {
+                            out.already_current += 1;
+                            format!("already current (holds {})", stored.timestamp)
+                        }
+                        Ok(PutOutcome::ChecksumMismatch) => {
+                            out.failed.push((
+                                dest.node.clone(),
+                                "refused the value: checksum mismatch".into(),
+                            ));
+                            "failed: checksum mismatch".into()
+                        }
+                        Err(e) => {
+                            let node = match &e {
+                                ClientError::Corrupt { node, .. }
+                                | ClientError::SourceChanged { node, .. } => node.clone(),
+                                _ => dest.node.clone(),
+                            };
+                            out.failed.push((node, e.to_string()));
+                            format!("failed: {e}")
+                        }
+                    };
+                    report("copy", Some(source), &[*t], Some(version), text);
+                }
+            }
+            Action::Merge { sources, to } => {
+                merge_key(
+                    client, config, policy, observer, p, &key, sources, to, &mut out,
+                )
+                .await;
+            }
+            Action::Remove { on, keep } => {
+                // Removal is the merge run's business (and never with --safe/--dry-run).
+                if config.safe || config.dry_run {
+                    out.skipped += 1;
+                    let why = if config.dry_run {
+                        "dry-run"
+                    } else {
+                        "kept (--safe)"
+                    };
+                    report("remove", Some(&key.replicas[*keep]), on, None, why.into());
+                    continue;
+                }
+                let kept = client.lookup_on(&p.owners[*keep], &[key.id]).await;
+                for r in on {
+                    let Some(gone) = key.replicas[*r].record.map(|rec| rec.version) else {
+                        continue;
+                    };
+                    let confirmed = matches!(&kept, Ok(recs) if recs[0].is_some_and(|k| !k.corrupt && !gone.is_newer_than(&k.version)));
+                    let text = if !confirmed {
+                        out.failed.push((
+                            key.replicas[*keep].node.clone(),
+                            "did not confirm it holds the key; copy kept".into(),
+                        ));
+                        "failed: not confirmed by the owner".to_string()
+                    } else {
+                        match remove(client, &p.owners[*r], &key.id, gone).await {
+                            Ok(true) => {
+                                out.removed += 1;
+                                "ok".into()
+                            }
+                            Ok(false) => "changed meanwhile; kept".into(),
+                            Err(e) => {
+                                out.failed
+                                    .push((key.replicas[*r].node.clone(), e.to_string()));
+                                format!("failed: {e}")
+                            }
+                        }
+                    };
+                    report(
+                        "remove",
+                        Some(&key.replicas[*keep]),
+                        &[*r],
+                        Some(gone),
+                        text,
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn merge_key(
+    client: &Client,
+    config: &RunConfig,
+    policy: &dyn RecoveryPolicy,
+    observer: &dyn RunObserver,
+    p: &PlannedRange,
+    key: &KeyState,
+    sources: &[usize],
+    to: &[usize],
+    out: &mut KeyOutcome,
+) {
+    let report = |result: String, version: Option<Version>| {
+        observer.report(&KeyReport {
+            id: key.id,
+            action: "merge",
+            source: sources
+                .iter()
+                .map(|s| name(&key.replicas[*s]))
+                .collect::<Vec<_>>()
+                .join(" "),
+            destinations: to.iter().map(|t| name(&key.replicas[*t])).collect(),
+            version,
+            result,
+        })
+    };
+    if config.dry_run {
+        out.skipped += 1;
+        report("dry-run".into(), None);
+        return;
+    }
+    let mut values = Vec::new();
+    for s in sources {
+        let mut buf = Vec::new();
+        match client.read_from(&p.owners[*s], &key.id, &mut buf).await {
+            Ok(crate::client::ReadOutcome::Value(_)) => values.push(buf),
+            Ok(other) => {
+                out.failed.push((
+                    key.replicas[*s].node.clone(),
+                    format!("value to merge is gone: {other:?}"),
+                ));
+                return report("failed: a source changed".into(), None);
+            }
+            Err(e) => {
+                out.failed
+                    .push((key.replicas[*s].node.clone(), e.to_string()));
+                return report(format!("failed: {e}"), None);
+            }
+        }
+    }
+    let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+    let Some(merged) = policy.merge_values(key, &refs) else {
+        out.failed.push((
+            policy.name().to_string(),
+            "the policy cannot merge these values".into(),
+        ));
+        return report("failed: policy cannot merge".into(), None);
+    };
+    // Deterministic: the merged version is one nanosecond newer than its newest source,
+    // so every run and every replica arrives at the same version.
+    let newest = sources
+        .iter()
+        .filter_map(|s| key.replicas[*s].healthy())
+        .map(|v| v.timestamp)
+        .max()
+        .unwrap_or(0);
+    let flags = sources
+        .iter()
+        .filter_map(|s| key.replicas[*s].healthy())
+        .fold(0, |f, v| f | v.user_flags);
+    let mut version = Version::of_value(&merged, newest + 1, flags);
+    version.flags |= FLAG_MERGEABLE;
+    for t in to {
+        let result = client
+            .write_to(
+                &p.owners[*t],
+                &key.id,
+                version,
+                crate::client::ValueSource::Bytes(&merged),
+            )
+            .await;
+        match result {
+            Ok(PutOutcome::Written) => out.copied.push((key.replicas[*t].group, version.size)),
+            Ok(PutOutcome::Stale { .. }) => out.already_current += 1,
+            Ok(PutOutcome::ChecksumMismatch) => out
+                .failed
+                .push((key.replicas[*t].node.clone(), "checksum mismatch".into())),
+            Err(e) => out
+                .failed
+                .push((key.replicas[*t].node.clone(), e.to_string())),
+        }
+    }
+    out.merged = true;
+    report(
+        if out.failed.is_empty() {
+            "ok".into()
+        } else {
+            "failed".into()
+        },
+        Some(version),
+    );
+}
+
+async fn remove(
+    client: &Client,
+    node: &NodeEntry,
+    id: &Id,
+    version: Version,
+) -> Result<bool, ClientError> {
+    let peer = client.peer(node).await?;
+    match peer.call(&Request::Remove { id: *id, version }).await? {
+        Response::Removed(done) => Ok(done),
+        other => Err(ClientError::Unexpected {
+            node: peer.node.clone(),
+            request: "remove",
+            what: other.kind().into(),
+        }),
+    }
+}
+
+/// Copies with retries and exponential backoff on transport failures; refusals (stale,
+/// checksum) and a changed or corrupt source are final.
+async fn copy_with_retries(
+    client: &Client,
+    config: &RunConfig,
+    from: &NodeEntry,
+    to: &NodeEntry,
+    id: &Id,
+    version: Version,
+) -> Result<PutOutcome, ClientError> {
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match client.copy(from, to, id, version, config.chunk_size).await {
+            Err(ClientError::Transport(e)) if attempt < config.attempts.max(1) => {
+                tracing::debug!(%id, attempt, "copy failed, retrying: {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
