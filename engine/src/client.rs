@@ -58,6 +58,14 @@ pub enum ClientError {
         /// The source node.
         node: String,
     },
+    /// A node found unreachable earlier in this run.
+    #[error("node {node} is unreachable ({why})")]
+    NodeDown {
+        /// The node.
+        node: String,
+        /// What happened when it was last tried.
+        why: String,
+    },
     /// The value stream from a node broke off.
     #[error("reading the value of {id} from node {node} failed: {message}")]
     ReadFailed {

@@ -10,7 +10,7 @@
 use bincode::{Decode, Encode};
 
 use crate::id::Id;
-use crate::version::Version;
+use crate::version::{Record, Version};
 
 /// The fingerprint of a set of (id, version) pairs.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Encode, Decode)]
@@ -50,6 +50,33 @@ impl Fingerprint {
         *h.finalize().as_bytes()
     }
 
+    /// The element a stored record contributes. A record marked corrupt contributes a
+    /// different element than the same version healthy, so a corrupt copy differs both from
+    /// a healthy copy and from no copy at all.
+    pub fn record_element(id: &Id, record: &Record) -> [u8; 32] {
+        if !record.corrupt {
+            return Self::element(id, &record.version);
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(&id.0);
+        h.update(&record.version.to_bytes());
+        h.update(b"corrupt");
+        *h.finalize().as_bytes()
+    }
+
+    /// Adds a stored record.
+    pub fn insert_record(&mut self, id: &Id, record: &Record) {
+        self.add(&Fingerprint {
+            sum: Self::record_element(id, record),
+            count: 1,
+        });
+    }
+
+    /// Removes a stored record previously added.
+    pub fn remove_record(&mut self, id: &Id, record: &Record) {
+        self.subtract(&Self::record_element(id, record));
+    }
+
     /// Adds one element.
     pub fn insert(&mut self, id: &Id, version: &Version) {
         self.add(&Fingerprint {
@@ -60,7 +87,10 @@ impl Fingerprint {
 
     /// Removes one element previously inserted.
     pub fn remove(&mut self, id: &Id, version: &Version) {
-        let element = Self::element(id, version);
+        self.subtract(&Self::element(id, version));
+    }
+
+    fn subtract(&mut self, element: &[u8; 32]) {
         let mut carry = 0u16;
         // self.sum - element, as 256-bit little-endian numbers.
         for (a, b) in self.sum.iter_mut().zip(element.iter()) {

@@ -538,7 +538,7 @@ pub fn summaries(
         .map(|range| {
             let mut out = Vec::new();
             for_each_record(store, range, &mut budget, |id, r| {
-                out.extend(crate::reconcile::summary(id, r))
+                out.push(crate::reconcile::summary(id, r))
             })?;
             Ok(out)
         })
@@ -570,9 +570,7 @@ fn scan_fingerprint(store: &dyn Store, range: &IdRange) -> Result<Fingerprint, S
     let mut fp = Fingerprint::EMPTY;
     let mut unbounded = usize::MAX;
     for_each_record(store, range, &mut unbounded, |id, r| {
-        if !r.corrupt {
-            fp.insert(id, &r.version);
-        }
+        fp.insert_record(id, r)
     })?;
     Ok(fp)
 }

@@ -14,9 +14,8 @@
 //! - full records of the items whose summaries differ, by id prefix.
 //!
 //! Laws (property-tested against a `BTreeMap` model): the result is exactly the set of ids
-//! whose healthy versions are not identical on every replica ([`differ`]: a copy marked
-//! corrupt counts as absent); it does not depend on the order in which replicas or ranges
-//! are given.
+//! whose records are not identical on every replica ([`differ`]); it does not depend on
+//! the order in which replicas or ranges are given.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -46,25 +45,20 @@ impl Default for Config {
 /// A summary of one item: the top 64 bits of its id and a 64-bit hash of id and version.
 pub type Summary = (u64, u64);
 
-/// The summary of a healthy `(id, record)`; a record marked corrupt has none (see
-/// [`differ`]).
-pub fn summary(id: &Id, record: &Record) -> Option<Summary> {
-    if record.corrupt {
-        return None;
-    }
-    let element = Fingerprint::element(id, &record.version);
-    Some((
+/// The summary of `(id, record)`: built from the same element the record contributes to
+/// fingerprints, so a corrupt copy differs from a healthy one and from none.
+pub fn summary(id: &Id, record: &Record) -> Summary {
+    let element = Fingerprint::record_element(id, record);
+    (
         id_prefix(id),
         u64::from_le_bytes(element[..8].try_into().expect("8 bytes")),
-    ))
+    )
 }
 
-/// Whether replicas' records of one id differ. A copy marked corrupt counts as absent, as
-/// it does in fingerprints: a corrupt copy beside a healthy one differs, beside nothing it
-/// does not (scrub reports such copies).
+/// Whether replicas' records of one id differ (a corrupt copy differs from a healthy copy
+/// of the same version and from no copy, as in fingerprints).
 pub fn differ(records: &[Option<Record>]) -> bool {
-    let healthy = |r: &Option<Record>| r.filter(|r| !r.corrupt).map(|r| r.version);
-    records.iter().any(|r| healthy(r) != healthy(&records[0]))
+    records.iter().any(|r| *r != records[0])
 }
 
 /// The top 64 bits of an id.
@@ -331,17 +325,17 @@ pub fn answer_from_items(round: &Round, items: &BTreeMap<Id, Record>) -> Answers
             split_range(range, round.split)
         };
         for part in parts {
-            answers.fingerprints.push(Fingerprint::of(
-                in_range(&part)
-                    .filter(|(_, r)| !r.corrupt)
-                    .map(|(i, r)| (i, &r.version)),
-            ));
+            let mut fp = Fingerprint::EMPTY;
+            for (id, record) in in_range(&part) {
+                fp.insert_record(id, record);
+            }
+            answers.fingerprints.push(fp);
         }
     }
     for range in &round.summaries {
         answers
             .summaries
-            .push(in_range(range).filter_map(|(i, r)| summary(i, r)).collect());
+            .push(in_range(range).map(|(i, r)| summary(i, r)).collect());
     }
     for (range, prefixes) in &round.records {
         let wanted: BTreeSet<u64> = prefixes.iter().copied().collect();

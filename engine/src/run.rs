@@ -232,6 +232,7 @@ pub async fn run(
 
     // Merge, decide, execute: range by range, a batch of keys at a time.
     observer.phase(Phase::Recover, report.stats.gathered);
+    let down = Down::default();
     for (i, paths) in files {
         let p = &planned[i];
         let mut merged = kmerge::merge_files(&paths, p.owners.len())?;
@@ -246,7 +247,7 @@ pub async fn run(
             }
             let n = batch.len() as u64;
             let outcomes: Vec<KeyOutcome> = stream::iter(batch)
-                .map(|key| recover_key(client, config, policy, observer, p, key))
+                .map(|key| recover_key(client, config, policy, observer, &down, p, key))
                 .buffer_unordered(config.concurrency.max(1))
                 .collect()
                 .await;
@@ -482,11 +483,51 @@ fn name(r: &Replica) -> String {
     format!("{}:{}", r.group, r.node)
 }
 
+/// Nodes found unreachable during a run: once a node failed every attempt and does not
+/// answer a new connection, actions involving it fail at once (naming it) instead of each
+/// waiting out timeouts.
+#[derive(Debug, Default)]
+struct Down(std::sync::Mutex<BTreeMap<String, String>>);
+
+impl Down {
+    fn check(&self, nodes: &[&NodeEntry]) -> Result<(), ClientError> {
+        let down = self.0.lock().expect("down lock");
+        for n in nodes {
+            if let Some(why) = down.get(&n.id) {
+                return Err(ClientError::NodeDown {
+                    node: n.id.clone(),
+                    why: why.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// After a transport failure: marks whichever of `nodes` cannot be reached now.
+    async fn mark_unreachable(&self, client: &Client, nodes: &[&NodeEntry], error: &ClientError) {
+        for n in nodes {
+            if let Err(e) = client.peer(n).await {
+                tracing::warn!(
+                    node = n.id,
+                    "node unreachable, failing its remaining actions: {e}"
+                );
+                self.0
+                    .lock()
+                    .expect("down lock")
+                    .entry(n.id.clone())
+                    .or_insert_with(|| format!("{error}; then {e}"));
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn recover_key(
     client: &Client,
     config: &RunConfig,
     policy: &dyn RecoveryPolicy,
     observer: &dyn RunObserver,
+    down: &Down,
     p: &PlannedRange,
     key: KeyState,
 ) -> KeyOutcome {
@@ -550,6 +591,7 @@ async fn recover_key(
                     let result = copy_with_retries(
                         client,
                         config,
+                        down,
                         &p.owners[*from],
                         &p.owners[*t],
                         &key.id,
@@ -769,11 +811,13 @@ async fn remove(
 async fn copy_with_retries(
     client: &Client,
     config: &RunConfig,
+    down: &Down,
     from: &NodeEntry,
     to: &NodeEntry,
     id: &Id,
     version: Version,
 ) -> Result<PutOutcome, ClientError> {
+    down.check(&[from, to])?;
     let mut delay = Duration::from_millis(100);
     let mut attempt = 1;
     loop {
@@ -783,6 +827,10 @@ async fn copy_with_retries(
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
                 attempt += 1;
+            }
+            Err(e @ ClientError::Transport(_)) => {
+                down.mark_unreachable(client, &[from, to], &e).await;
+                return Err(e);
             }
             other => return other,
         }

@@ -117,8 +117,9 @@ fn roots(creds: &Credentials) -> Result<RootCertStore, TransportError> {
 
 /// Flow control sized for bulk transfer between nodes (loopback and LAN): many
 /// concurrent request streams, windows large enough that a single stream can fill a fast
-/// link. Dead peers are detected by the idle timeout; keep-alives stop an idle but healthy
-/// pooled connection from timing out.
+/// link. Dead peers are detected by the idle timeout (QUIC ignores ICMP, so a killed peer
+/// looks alive until then: 15 s bounds how long a run waits on one); keep-alives every 3 s
+/// stop an idle but healthy pooled connection from timing out.
 fn transport_config() -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(1024))
@@ -126,8 +127,8 @@ fn transport_config() -> Arc<TransportConfig> {
         .stream_receive_window(VarInt::from_u32(8 << 20))
         .receive_window(VarInt::from_u32(64 << 20))
         .send_window(64 << 20)
-        .keep_alive_interval(Some(Duration::from_secs(5)))
-        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(30_000))));
+        .keep_alive_interval(Some(Duration::from_secs(3)))
+        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(15_000))));
     Arc::new(t)
 }
 

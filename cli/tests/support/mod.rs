@@ -178,3 +178,114 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&p, bytes).expect("write test file");
     p
 }
+
+/// Nodes run one per process, so one can be killed alone.
+pub struct NodeProcs {
+    pub procs: std::collections::BTreeMap<String, Child>,
+}
+
+impl Cluster {
+    /// Starts every node of the cluster in its own `mend node --id` process, in order, each
+    /// awaited ready (so each records its port before the next starts).
+    pub fn start_each(&self) -> NodeProcs {
+        let text = std::fs::read_to_string(self.path().join("cluster.toml")).unwrap();
+        let ids: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("id = \""))
+            .map(|l| l.trim_end_matches('"').to_string())
+            .collect();
+        let mut procs = std::collections::BTreeMap::new();
+        for id in ids {
+            let child = self.start_node(&id);
+            procs.insert(id, child);
+        }
+        NodeProcs { procs }
+    }
+
+    /// Starts node `id` in its own process and waits until it is ready.
+    pub fn start_node(&self, id: &str) -> Child {
+        spawn_ready(
+            Command::new(mend_bin())
+                .args(["node", "--id", id, "--cluster"])
+                .arg(self.path()),
+            1,
+        )
+    }
+
+    /// Writes exact versions through the engine's client (fast, for building hundreds of
+    /// precisely divergent keys): (group, key, value, timestamp, tombstone).
+    pub fn write_versions(&self, items: &[(u32, String, Vec<u8>, u64, bool)]) {
+        use mend_engine::client::{BatchWriter, Bootstrap, Client};
+        use mend_engine::wire::BatchItem;
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let creds = mend_engine::pki::Credentials::for_client(&self.path()).unwrap();
+            let route = mend_engine::RouteList::load(&self.path()).unwrap();
+            let client = Client::connect(&creds, Bootstrap::Route(route))
+                .await
+                .unwrap();
+            let mut w = BatchWriter::new(&client, 256, 4, Box::new(|_| {}));
+            for (group, key, value, ts, tomb) in items {
+                let id = mend_engine::Id::from_key(key.as_bytes());
+                let version = if *tomb {
+                    mend_engine::Version::tombstone(*ts)
+                } else {
+                    mend_engine::Version::of_value(value, *ts, 0)
+                };
+                let node = client.owner(*group, &id).unwrap().clone();
+                let value = if *tomb { Vec::new() } else { value.clone() };
+                w.push(&node, BatchItem { id, version, value })
+                    .await
+                    .unwrap();
+            }
+            let (stats, errors) = w.finish().await.unwrap();
+            assert_eq!(stats.written as usize, items.len(), "{stats:?} {errors:?}");
+        });
+    }
+
+    /// Every group's record of `keys`, through the engine's client.
+    pub fn records(
+        &self,
+        groups: &[u32],
+        keys: &[String],
+    ) -> Vec<Vec<Option<mend_engine::Record>>> {
+        use mend_engine::client::{Bootstrap, Client};
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let creds = mend_engine::pki::Credentials::for_client(&self.path()).unwrap();
+            let route = mend_engine::RouteList::load(&self.path()).unwrap();
+            let client = Client::connect(&creds, Bootstrap::Route(route))
+                .await
+                .unwrap();
+            let ids: Vec<mend_engine::Id> = keys
+                .iter()
+                .map(|k| mend_engine::Id::from_key(k.as_bytes()))
+                .collect();
+            let mut per_group = Vec::new();
+            for g in groups {
+                per_group.push(client.lookup(*g, &ids).await.unwrap());
+            }
+            (0..keys.len())
+                .map(|i| per_group.iter().map(|g| g[i]).collect())
+                .collect()
+        })
+    }
+}
+
+impl Drop for NodeProcs {
+    fn drop(&mut self) {
+        for c in self.procs.values_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl NodeProcs {
+    /// Kills node `id` with SIGKILL.
+    pub fn kill9(&mut self, id: &str) {
+        let mut c = self.procs.remove(id).expect("node running");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}

@@ -58,8 +58,8 @@ pub const CHECKS: &[(&str, Check)] = &[
         remove_exact_removes_only_that_version,
     ),
     (
-        "mark_corrupt_leaves_the_fingerprint",
-        mark_corrupt_leaves_the_fingerprint,
+        "mark_corrupt_swaps_the_fingerprint_element",
+        mark_corrupt_swaps_the_fingerprint_element,
     ),
     (
         "partition_fingerprints_cover_the_range",
@@ -348,7 +348,7 @@ pub fn corrupt_record_counts_as_absent(store: &dyn Store) {
     let v = put_value(store, a, &value, 10);
     assert!(store.mark_corrupt(&a, &v).expect("mark_corrupt"));
     assert_eq!(store.lookup(&a).expect("lookup"), held(true, v));
-    assert_eq!(fingerprint_of(store, 6), Fingerprint::EMPTY);
+    assert_eq!(fingerprint_of(store, 6), corrupt_fingerprint(&a, v));
 
     let older = Version::of_value(b"older", 9, 0);
     assert_eq!(put(store, a, older, b"older"), PutOutcome::Written);
@@ -767,7 +767,7 @@ pub fn remove_exact_removes_only_that_version(store: &dyn Store) {
     // Once removed, an older version is welcome again (the removal was of a misplaced copy).
     assert_eq!(put(store, a, v1, b"older"), PutOutcome::Written);
 
-    // A corrupt record is removed without disturbing the fingerprint.
+    // A corrupt record is removed with its (corrupt) element.
     assert!(store.mark_corrupt(&b, &bv).expect("mark_corrupt"));
     assert!(store.remove_exact(&b, &bv).expect("remove_exact corrupt"));
     assert_eq!(fingerprint_of(store, 14), Fingerprint::of([(&a, &v1)]));
@@ -780,9 +780,23 @@ pub fn remove_exact_removes_only_that_version(store: &dyn Store) {
     assert_eq!(scan_all(store, &IdRange::ALL), Vec::new());
 }
 
-/// `mark_corrupt` marks only the exact version, takes it out of its partition's
-/// fingerprint (maintained and rebuilt alike), and keeps the record and its value.
-pub fn mark_corrupt_leaves_the_fingerprint(store: &dyn Store) {
+/// The fingerprint of one record marked corrupt.
+fn corrupt_fingerprint(id: &Id, version: Version) -> Fingerprint {
+    let mut fp = Fingerprint::EMPTY;
+    fp.insert_record(
+        id,
+        &Record {
+            version,
+            corrupt: true,
+        },
+    );
+    fp
+}
+
+/// `mark_corrupt` marks only the exact version, swaps its healthy element in its
+/// partition's fingerprint for the corrupt one (maintained and rebuilt alike), and keeps
+/// the record and its value.
+pub fn mark_corrupt_swaps_the_fingerprint_element(store: &dyn Store) {
     let (a, b) = (id_in(15, 0), id_in(15, 1));
     let value = bytes(15, 4000);
     let av = put_value(store, a, &value, 10);
@@ -803,12 +817,16 @@ pub fn mark_corrupt_leaves_the_fingerprint(store: &dyn Store) {
 
     assert!(store.mark_corrupt(&a, &av).expect("mark_corrupt"));
     assert_eq!(store.lookup(&a).expect("lookup"), held(true, av));
-    assert_eq!(fingerprint_of(store, 15), Fingerprint::of([(&b, &bv)]));
+    let mut want = Fingerprint::of([(&b, &bv)]);
+    want.add(&corrupt_fingerprint(&a, av));
+    assert_eq!(fingerprint_of(store, 15), want);
+    assert_ne!(want, Fingerprint::of([(&a, &av), (&b, &bv)]));
+    assert_ne!(want, Fingerprint::of([(&b, &bv)]));
     // Marking twice changes nothing.
     assert!(store.mark_corrupt(&a, &av).expect("mark_corrupt again"));
-    assert_eq!(fingerprint_of(store, 15), Fingerprint::of([(&b, &bv)]));
+    assert_eq!(fingerprint_of(store, 15), want);
     store.rebuild_fingerprints().expect("rebuild");
-    assert_eq!(fingerprint_of(store, 15), Fingerprint::of([(&b, &bv)]));
+    assert_eq!(fingerprint_of(store, 15), want);
 
     // The record stays, flagged, for scan and for scrub to read.
     assert_eq!(scan_all(store, &IdRange::partitions(15, 15)), {
@@ -833,9 +851,12 @@ pub fn mark_corrupt_leaves_the_fingerprint(store: &dyn Store) {
     });
     assert_eq!(read_value(store, &a), Some((av, value)));
 
-    // The last healthy record of a partition marked: the partition is empty.
+    // Both marked: the partition holds only corrupt elements, and differs from empty.
     assert!(store.mark_corrupt(&b, &bv).expect("mark_corrupt"));
-    assert_eq!(fingerprint_of(store, 15), Fingerprint::EMPTY);
+    let mut both = corrupt_fingerprint(&a, av);
+    both.add(&corrupt_fingerprint(&b, bv));
+    assert_eq!(fingerprint_of(store, 15), both);
+    assert_ne!(both, Fingerprint::EMPTY);
 }
 
 /// `partition_fingerprints(first, last)` has one entry per partition of `first..=last`, in
@@ -1074,8 +1095,8 @@ fn model_fingerprints(model: &Model, first: u16, last: u16) -> Vec<Fingerprint> 
     let mut out = vec![Fingerprint::EMPTY; usize::from(last - first) + 1];
     for (id, (record, _)) in model {
         let p = id.partition();
-        if (first..=last).contains(&p) && !record.corrupt {
-            out[usize::from(p - first)].insert(id, &record.version);
+        if (first..=last).contains(&p) {
+            out[usize::from(p - first)].insert_record(id, record);
         }
     }
     out

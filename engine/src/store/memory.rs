@@ -47,7 +47,7 @@ struct State {
     /// Every record with its value. Values sit behind an `Arc` so a reader keeps the
     /// snapshot it opened while writers replace the entry.
     objects: BTreeMap<Id, (Record, Arc<[u8]>)>,
-    /// One entry per non-empty partition; corrupt records are not in them.
+    /// One entry per non-empty partition (corrupt records under their own element).
     fingerprints: HashMap<u16, Fingerprint>,
 }
 
@@ -66,17 +66,17 @@ pub(super) fn value_matches(version: &Version, len: u64, checksum: &[u8; 32]) ->
 }
 
 impl State {
-    fn fingerprint_insert(&mut self, id: &Id, version: &Version) {
+    fn fingerprint_insert(&mut self, id: &Id, record: &Record) {
         self.fingerprints
             .entry(id.partition())
             .or_insert(Fingerprint::EMPTY)
-            .insert(id, version);
+            .insert_record(id, record);
     }
 
-    fn fingerprint_remove(&mut self, id: &Id, version: &Version) {
+    fn fingerprint_remove(&mut self, id: &Id, record: &Record) {
         let partition = id.partition();
         if let Some(fp) = self.fingerprints.get_mut(&partition) {
-            fp.remove(id, version);
+            fp.remove_record(id, record);
             if *fp == Fingerprint::EMPTY {
                 self.fingerprints.remove(&partition);
             }
@@ -93,14 +93,14 @@ impl State {
         if !matches {
             return PutOutcome::ChecksumMismatch;
         }
-        if let Some(old) = stored.filter(|r| !r.corrupt) {
-            self.fingerprint_remove(&id, &old.version);
+        if let Some(old) = stored {
+            self.fingerprint_remove(&id, &old);
         }
-        self.fingerprint_insert(&id, &version);
         let record = Record {
             version,
             corrupt: false,
         };
+        self.fingerprint_insert(&id, &record);
         self.objects.insert(id, (record, value));
         PutOutcome::Written
     }
@@ -171,9 +171,7 @@ impl Store for MemoryStore {
             Some((r, _)) if r.version == *version => {
                 let record = *r;
                 state.objects.remove(id);
-                if !record.corrupt {
-                    state.fingerprint_remove(id, version);
-                }
+                state.fingerprint_remove(id, &record);
                 Ok(true)
             }
             _ => Ok(false),
@@ -189,8 +187,11 @@ impl Store for MemoryStore {
             return Ok(false);
         }
         if !record.corrupt {
+            let healthy = *record;
             record.corrupt = true;
-            state.fingerprint_remove(id, version);
+            let marked = *record;
+            state.fingerprint_remove(id, &healthy);
+            state.fingerprint_insert(id, &marked);
         }
         Ok(true)
     }
@@ -215,11 +216,11 @@ impl Store for MemoryStore {
     fn rebuild_fingerprints(&self) -> Result<(), StoreError> {
         let mut state = lock(&self.state);
         let mut fingerprints: HashMap<u16, Fingerprint> = HashMap::new();
-        for (id, (record, _)) in state.objects.iter().filter(|(_, (r, _))| !r.corrupt) {
+        for (id, (record, _)) in state.objects.iter() {
             fingerprints
                 .entry(id.partition())
                 .or_insert(Fingerprint::EMPTY)
-                .insert(id, &record.version);
+                .insert_record(id, record);
         }
         state.fingerprints = fingerprints;
         Ok(())

@@ -65,7 +65,8 @@ const CHUNKS: TableDefinition<&[u8; CHUNK_KEY_BYTES], &[u8]> = TableDefinition::
 /// - value: the 64-byte id it uploads.
 const UPLOADS: TableDefinition<u64, &[u8; ID_LEN]> = TableDefinition::new("uploads_v1");
 
-/// `fingerprints_v1`: per-partition fingerprints of the records not marked corrupt.
+/// `fingerprints_v1`: per-partition fingerprints of the records (a record marked corrupt
+/// contributes a distinct element: [`Fingerprint::record_element`]).
 ///
 /// - key: the partition (u16, the top 16 bits of the ids).
 /// - value, 40 bytes: [`Fingerprint::to_bytes`]. Only non-empty partitions have a row; a
@@ -266,24 +267,24 @@ impl<'t> RecordTables<'t> {
     fn fingerprint_insert(
         &mut self,
         id: &Id,
-        v: &Version,
+        record: &Record,
         op: &'static str,
     ) -> Result<(), StoreError> {
         self.delta
             .entry(&self.fingerprints, id.partition(), op)?
-            .insert(id, v);
+            .insert_record(id, record);
         Ok(())
     }
 
     fn fingerprint_remove(
         &mut self,
         id: &Id,
-        v: &Version,
+        record: &Record,
         op: &'static str,
     ) -> Result<(), StoreError> {
         self.delta
             .entry(&self.fingerprints, id.partition(), op)?
-            .remove(id, v);
+            .remove_record(id, record);
         Ok(())
     }
 
@@ -300,14 +301,10 @@ impl<'t> RecordTables<'t> {
             if old.generation != new.generation {
                 delete_chunks(&mut self.chunks, old.generation, op)?;
             }
-            if !old.record.corrupt {
-                self.fingerprint_remove(id, &old.record.version, op)?;
-            }
+            self.fingerprint_remove(id, &old.record, op)?;
         }
         self.versions.insert(&id.0, &new.encode()).during(op)?;
-        if !new.record.corrupt {
-            self.fingerprint_insert(id, &new.record.version, op)?;
-        }
+        self.fingerprint_insert(id, &new.record, op)?;
         Ok(())
     }
 
@@ -639,9 +636,7 @@ impl Store for RedbStore {
                 Some(row) if row.record.version == *version => {
                     tables.versions.remove(&id.0).during(OP)?;
                     delete_chunks(&mut tables.chunks, row.generation, OP)?;
-                    if !row.record.corrupt {
-                        tables.fingerprint_remove(id, version, OP)?;
-                    }
+                    tables.fingerprint_remove(id, &row.record, OP)?;
                     tables.finish(OP)?;
                     true
                 }
@@ -718,12 +713,10 @@ impl Store for RedbStore {
                 let (key, value) = row.during(OP)?;
                 let id = Id(*key.value());
                 let row = VersionRow::decode(&id, value.value())?;
-                if !row.record.corrupt {
-                    rebuilt
-                        .entry(id.partition())
-                        .or_insert(Fingerprint::EMPTY)
-                        .insert(&id, &row.record.version);
-                }
+                rebuilt
+                    .entry(id.partition())
+                    .or_insert(Fingerprint::EMPTY)
+                    .insert_record(&id, &row.record);
             }
             let mut table = txn.open_table(FINGERPRINTS).during(OP)?;
             table.retain(|_, _| false).during(OP)?;
