@@ -189,7 +189,7 @@ impl RunObserver for Progress {
 }
 
 /// Runs `mend dc`.
-pub fn dc(args: RecoverArgs) -> anyhow::Result<ExitCode> {
+pub fn dc(args: RecoverArgs, registry: &mend_policies::Registry) -> anyhow::Result<ExitCode> {
     check_groups(&args.groups)?;
     if args.groups.len() < 2 {
         bail!("dc recovers across groups: give at least two (-g 1,2)");
@@ -206,7 +206,7 @@ pub fn dc(args: RecoverArgs) -> anyhow::Result<ExitCode> {
     } else {
         KeySource::Fingerprints
     };
-    let policy = mend_policies::Registry::builtin().create(&args.policy)?;
+    let policy = registry.create(&args.policy)?;
     let run_dir = match &args.tmp_dir {
         Some(dir) => dir.join(format!(
             "mend-run-{}-{}",

@@ -114,6 +114,24 @@ impl Action {
     }
 }
 
+/// Reads a replica's value for a policy that needs content (the exec plugin adapter's
+/// documented value request). Provided by the engine, which does the I/O.
+pub trait ValueFetch: Send + Sync {
+    /// The value `key.replicas[replica]` holds.
+    fn fetch(&self, key: &KeyState, replica: usize) -> Result<Vec<u8>, String>;
+}
+
+/// A policy failed as a whole (a plugin crashed, hung or answered garbage): the run stops,
+/// and keys not yet decided are left unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy {policy}: {message}")]
+pub struct PolicyError {
+    /// The policy (or plugin command).
+    pub policy: String,
+    /// What went wrong, naming the line and key where there is one.
+    pub message: String,
+}
+
 /// A recovery policy: decides, never acts.
 pub trait RecoveryPolicy: Send + Sync + fmt::Debug {
     /// The policy's name (as `--policy NAME` selects it).
@@ -121,6 +139,19 @@ pub trait RecoveryPolicy: Send + Sync + fmt::Debug {
 
     /// The actions for one key. Called once per differing key; must not do I/O.
     fn decide(&self, key: &KeyState) -> Vec<Action>;
+
+    /// The actions for a batch of keys, in order. The engine calls this (off the async
+    /// runtime) before executing any of the batch, so a failure leaves the whole batch
+    /// unchanged. The default decides key by key; an adapter to an external process
+    /// overrides it to stream the batch, and may fetch values through `values`.
+    fn decide_batch(
+        &self,
+        keys: &[KeyState],
+        values: &dyn ValueFetch,
+    ) -> Result<Vec<Vec<Action>>, PolicyError> {
+        let _ = values;
+        Ok(keys.iter().map(|k| self.decide(k)).collect())
+    }
 
     /// For [`Action::Merge`]: the merged value of `values` (one per source, in the order
     /// of the action's `sources`), or `None` if this policy cannot merge them. The engine

@@ -169,6 +169,9 @@ pub enum RunError {
     /// A temp metadata file is torn or corrupt: the run stops rather than trust it.
     #[error("temp metadata file cannot be trusted: {0}")]
     Meta(#[from] MetaError),
+    /// The policy failed as a whole; keys not yet decided were left unchanged.
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
     /// The run dir could not be created.
     #[error("cannot create run dir {path}: {source}")]
     RunDir {
@@ -246,8 +249,24 @@ pub async fn run(
                 break;
             }
             let n = batch.len() as u64;
-            let outcomes: Vec<KeyOutcome> = stream::iter(batch)
-                .map(|key| recover_key(client, config, policy, observer, &down, p, key))
+            let fetch = Fetch {
+                client,
+                owners: &p.owners,
+                runtime: tokio::runtime::Handle::current(),
+            };
+            // Decide the whole batch before acting on any of it, off the async threads (a
+            // policy may be an external process).
+            let decisions = tokio::task::block_in_place(|| policy.decide_batch(&batch, &fetch))?;
+            if decisions.len() != batch.len() {
+                return Err(RunError::Policy(policy::PolicyError {
+                    policy: policy.name().to_string(),
+                    message: format!("{} decisions for {} keys", decisions.len(), batch.len()),
+                }));
+            }
+            let outcomes: Vec<KeyOutcome> = stream::iter(batch.into_iter().zip(decisions))
+                .map(|(key, actions)| {
+                    recover_key(client, config, policy, observer, &down, p, key, actions)
+                })
                 .buffer_unordered(config.concurrency.max(1))
                 .collect()
                 .await;
@@ -258,6 +277,34 @@ pub async fn run(
         }
     }
     Ok(report)
+}
+
+/// Values for policies that ask for them: read from the replica's node, checksum checked.
+struct Fetch<'a> {
+    client: &'a Client,
+    owners: &'a [NodeEntry],
+    runtime: tokio::runtime::Handle,
+}
+
+impl policy::ValueFetch for Fetch<'_> {
+    fn fetch(&self, key: &KeyState, replica: usize) -> Result<Vec<u8>, String> {
+        let node = self
+            .owners
+            .get(replica)
+            .ok_or_else(|| format!("no replica {replica}"))?;
+        let mut value = Vec::new();
+        match self
+            .runtime
+            .block_on(self.client.read_from(node, &key.id, &mut value))
+        {
+            Ok(crate::client::ReadOutcome::Value(_)) => Ok(value),
+            Ok(other) => Err(format!(
+                "node {} holds no value of {}: {other:?}",
+                node.id, key.id
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 fn key_state(id: Id, p: &PlannedRange, records: Vec<Option<Record>>) -> KeyState {
@@ -530,6 +577,7 @@ async fn recover_key(
     down: &Down,
     p: &PlannedRange,
     key: KeyState,
+    actions: Vec<Action>,
 ) -> KeyOutcome {
     let mut out = KeyOutcome {
         id: key.id,
@@ -542,7 +590,6 @@ async fn recover_key(
         unrecoverable: None,
         failed: Vec::new(),
     };
-    let actions = policy.decide(&key);
     if let Err(e) = policy::validate(&key, &actions) {
         out.failed.push((
             policy.name().to_string(),
