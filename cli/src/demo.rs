@@ -1,5 +1,6 @@
-//! `mend demo`: a local 3-group cluster in a temp dir, loaded, then diverged the way
-//! datacenters drift apart, and shown.
+//! `mend demo`: a local 3-group cluster in a temp dir, loaded, diverged the way
+//! datacenters drift apart, then compared and repaired by the real `mend verify` and
+//! `mend dc`, before your eyes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,42 +95,82 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             println!("  {n:>4} keys {what}");
         }
 
-        println!("\n== what each group holds for a sample of keys:");
-        println!(
-            "  {:<12} {:>10} {:>10} {:>10}",
-            "key", "group 1", "group 2", "group 3"
-        );
-        for start in samples {
-            let key = format!("obj-{start}");
-            let id = Id::from_key(key.as_bytes());
-            let mut cells = Vec::new();
-            for g in 1..=3 {
-                let r = client.lookup(g, &[id]).await?.pop().flatten();
-                cells.push(match r {
-                    Some(r) if !r.version.is_tombstone() && r.version.timestamp > t0 => {
-                        "live:new".to_string()
-                    }
-                    other => ReplicaState::of(other.as_ref()).as_str().to_string(),
-                });
-            }
-            println!(
-                "  {:<12} {:>10} {:>10} {:>10}",
-                key, cells[0], cells[1], cells[2]
-            );
-        }
+        show_samples(&client, &samples, t0).await?;
         println!(
             "\n  {} keys now differ between the groups.",
             DIVERGENCE.iter().map(|d| d.1).sum::<u64>()
         );
-        println!(
-            "  inspect one with: mend stat --cluster {} -g 1,2,3 obj-0",
-            dir.display()
-        );
+
+        // The rest is the real `mend` an operator would run, against this cluster.
+        mend(
+            &dir,
+            &["verify", "-g", "1,2,3", "--show", "5"],
+            "find exactly what differs",
+        )
+        .await?;
+        mend(
+            &dir,
+            &["dc", "-g", "1,2,3"],
+            "repair: newest version wins, deletes stick",
+        )
+        .await?;
+        let code = mend(
+            &dir,
+            &["verify", "-g", "1,2,3"],
+            "check: every group agrees",
+        )
+        .await?;
+        show_samples(&client, &samples, t0).await?;
+        if code != Some(0) {
+            anyhow::bail!("the groups still differ after dc");
+        }
+        println!("\n  converged. Try it yourself: mend demo --keep DIR, then mend --help.");
         for n in nodes {
             n.shutdown().await;
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Runs this `mend` binary with `args` against the demo cluster, showing its output.
+async fn mend(dir: &std::path::Path, args: &[&str], why: &str) -> anyhow::Result<Option<i32>> {
+    println!("\n== mend {}   # {why}", args.join(" "));
+    let exe = std::env::current_exe().context("cannot find the mend binary")?;
+    let status = tokio::process::Command::new(exe)
+        .args(args)
+        .env("MEND_CLUSTER", dir)
+        .status()
+        .await
+        .context("cannot run mend")?;
+    Ok(status.code())
+}
+
+/// What each group holds for the first key of every kind of divergence.
+async fn show_samples(client: &Client, samples: &[u64], t0: u64) -> anyhow::Result<()> {
+    println!("\n== what each group holds for a sample of keys:");
+    println!(
+        "  {:<12} {:>10} {:>10} {:>10}",
+        "key", "group 1", "group 2", "group 3"
+    );
+    for start in samples {
+        let key = format!("obj-{start}");
+        let id = Id::from_key(key.as_bytes());
+        let mut cells = Vec::new();
+        for g in 1..=3 {
+            let r = client.lookup(g, &[id]).await?.pop().flatten();
+            cells.push(match r {
+                Some(r) if !r.version.is_tombstone() && r.version.timestamp > t0 => {
+                    "live:new".to_string()
+                }
+                other => ReplicaState::of(other.as_ref()).as_str().to_string(),
+            });
+        }
+        println!(
+            "  {:<12} {:>10} {:>10} {:>10}",
+            key, cells[0], cells[1], cells[2]
+        );
+    }
+    Ok(())
 }
 
 /// Writes synthetic objects `keys` (or tombstones) to `groups` at `timestamp`.

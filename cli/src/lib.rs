@@ -59,7 +59,7 @@ enum Command {
     /// Inspect a metadata file (header, record count, first and last id, every CRC) or a
     /// dump file: exit 0 if sound, 1 if corrupt or torn, 2 if it cannot be read.
     Scan(scan::ScanArgs),
-    /// Start a local 3-group cluster in a temp dir, make the groups diverge, and show it.
+    /// A local 3-group cluster in a temp dir: loaded, diverged, verified, repaired by dc.
     Demo(demo::DemoArgs),
 }
 
