@@ -236,6 +236,7 @@ pub fn dc(args: RecoverArgs, registry: &mend_policies::Registry) -> anyhow::Resu
         None => None,
     };
     let config = RunConfig {
+        mode: run::Mode::Dc,
         groups: args.groups.clone(),
         only_node: args.one_node.clone(),
         source,

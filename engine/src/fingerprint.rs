@@ -13,7 +13,11 @@ use crate::id::Id;
 use crate::version::{Record, Version};
 
 /// The fingerprint of a set of (id, version) pairs.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Encode, Decode)]
+///
+/// On the wire the sum travels truncated to its first 128 bits (as negentropy's
+/// fingerprints are 128 bits): replicas are compared by what they send, so all sides are
+/// truncated alike, and a collision stays a 2^-128 chance per comparison.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Fingerprint {
     /// Sum modulo 2^256 of the element hashes, little-endian.
     pub sum: [u8; 32],
@@ -29,6 +33,42 @@ impl std::fmt::Debug for Fingerprint {
             &hex::encode(self.sum)[..12],
             self.count
         )
+    }
+}
+
+/// Bytes of the sum sent on the wire.
+pub const WIRE_SUM_BYTES: usize = 16;
+
+impl Encode for Fingerprint {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        e: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        let head: [u8; WIRE_SUM_BYTES] = self.sum[..WIRE_SUM_BYTES].try_into().expect("16 bytes");
+        head.encode(e)?;
+        self.count.encode(e)
+    }
+}
+
+impl<C> Decode<C> for Fingerprint {
+    fn decode<D: bincode::de::Decoder<Context = C>>(
+        d: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        let head = <[u8; WIRE_SUM_BYTES]>::decode(d)?;
+        let mut sum = [0u8; 32];
+        sum[..WIRE_SUM_BYTES].copy_from_slice(&head);
+        Ok(Fingerprint {
+            sum,
+            count: u64::decode(d)?,
+        })
+    }
+}
+
+impl<'de, C> bincode::BorrowDecode<'de, C> for Fingerprint {
+    fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = C>>(
+        d: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        Decode::decode(d)
     }
 }
 

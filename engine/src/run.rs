@@ -39,9 +39,21 @@ pub enum KeySource {
     Ids(Vec<Id>),
 }
 
+/// Which recovery a run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Across groups: each range's owner in every group is a replica.
+    Dc,
+    /// Inside each group: misplaced copies on nodes that do not own the range, and the
+    /// owner; the first replica of every key is its owner.
+    Merge,
+}
+
 /// How a run is carried out.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    /// dc or merge.
+    pub mode: Mode,
     /// The groups, in the order replicas are listed in each [`KeyState`].
     pub groups: Vec<u32>,
     /// Only the ranges this node owns (`-o`).
@@ -194,7 +206,10 @@ pub async fn run(
         groups: config.groups.clone(),
         only_node: config.only_node.clone(),
     };
-    let planned = compare::plan(client, &scope)?;
+    let planned = match config.mode {
+        Mode::Dc => compare::plan(client, &scope)?,
+        Mode::Merge => plan_merge(client, &scope)?,
+    };
     std::fs::create_dir_all(&config.run_dir).map_err(|source| RunError::RunDir {
         path: config.run_dir.clone(),
         source,
@@ -243,7 +258,7 @@ pub async fn run(
             let mut batch = Vec::with_capacity(config.batch);
             for item in merged.by_ref().take(config.batch.max(1)) {
                 let (id, records) = item?;
-                batch.push(key_state(id, p, records));
+                batch.push(key_state(config.mode, id, p, records));
             }
             if batch.is_empty() {
                 break;
@@ -307,21 +322,57 @@ impl policy::ValueFetch for Fetch<'_> {
     }
 }
 
-fn key_state(id: Id, p: &PlannedRange, records: Vec<Option<Record>>) -> KeyState {
+fn key_state(mode: Mode, id: Id, p: &PlannedRange, records: Vec<Option<Record>>) -> KeyState {
     KeyState {
         id,
         replicas: p
             .owners
             .iter()
             .zip(records)
-            .map(|(node, record)| Replica {
+            .enumerate()
+            .map(|(slot, (node, record))| Replica {
                 group: node.group,
                 node: node.id.clone(),
-                proper: true,
+                proper: mode == Mode::Dc || slot == 0,
                 record,
             })
             .collect(),
     }
+}
+
+/// Plans a merge run: for every group, every partition range of every node, the owner
+/// first, then the nodes that may hold misplaced copies there (all others of the group,
+/// or with `-o` only that node).
+pub fn plan_merge(client: &Client, scope: &Scope) -> Result<Vec<PlannedRange>, ClientError> {
+    let route = client.route();
+    route.check_groups(&scope.groups)?;
+    let only = scope
+        .only_node
+        .as_deref()
+        .map(|n| route.node(n))
+        .transpose()?;
+    let mut planned = Vec::new();
+    for g in &scope.groups {
+        for owner in route.group(*g) {
+            let others: Vec<NodeEntry> = route
+                .group(*g)
+                .filter(|n| n.id != owner.id && only.is_none_or(|o| o.id == n.id))
+                .cloned()
+                .collect();
+            if others.is_empty() {
+                continue;
+            }
+            for partitions in &owner.partitions {
+                planned.push(PlannedRange {
+                    partitions: *partitions,
+                    owners: std::iter::once(owner.clone())
+                        .chain(others.iter().cloned())
+                        .collect(),
+                });
+            }
+        }
+    }
+    Ok(planned)
 }
 
 fn slot_file(config: &RunConfig, range: usize, slot: usize, part: usize) -> PathBuf {
@@ -348,6 +399,10 @@ async fn gather(
     };
     let mut counts = BTreeMap::new();
     let mut paths = Vec::new();
+    if config.mode == Mode::Merge && !matches!(config.source, KeySource::Ids(_)) {
+        gather_misplaced(client, config, index, p, &header, &mut paths, &mut counts).await?;
+        return Ok((paths, counts));
+    }
     match &config.source {
         KeySource::FullScan | KeySource::Since(_) => {
             let filter = IterateFilter {
@@ -417,6 +472,92 @@ async fn gather(
         }
     }
     Ok((paths, counts))
+}
+
+/// Gathers a merge range: each non-owner node's copies in the owner's range (skipping a
+/// node whose fingerprint there is empty), then the owner's records of those keys.
+#[allow(clippy::too_many_arguments)]
+async fn gather_misplaced(
+    client: &Client,
+    config: &RunConfig,
+    index: usize,
+    p: &PlannedRange,
+    header: &dyn Fn(usize) -> MetaHeader,
+    paths: &mut Vec<PathBuf>,
+    counts: &mut BTreeMap<String, u64>,
+) -> Result<(), String> {
+    let range = p.partitions.ids();
+    let filter = IterateFilter {
+        since: match config.source {
+            KeySource::Since(t) => Some(t),
+            _ => None,
+        },
+        user_flags: config.user_flags.clone(),
+    };
+    let mut misplaced = Vec::new();
+    for (slot, node) in p.owners.iter().enumerate().skip(1) {
+        let peer = client.peer(node).await.map_err(|e| e.to_string())?;
+        let holds = match peer
+            .call(&Request::Fingerprints {
+                ranges: vec![range],
+                split: 1,
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Response::Fingerprints(f) => f.first().map_or(0, |f| f.count),
+            other => {
+                return Err(format!(
+                    "node {} answered {} to fingerprints",
+                    node.id,
+                    other.kind()
+                ))
+            }
+        };
+        if holds == 0 {
+            continue;
+        }
+        let path = slot_file(config, index, slot, 0);
+        let n = iterate_to_file(client, node, range, &filter, &path, &header(slot)).await?;
+        counts.insert(node.id.clone(), n);
+        misplaced.push(path);
+    }
+    if misplaced.is_empty() {
+        return Ok(());
+    }
+    // The owner's records of every misplaced id, in id order, a lookup batch at a time.
+    let owner_path = slot_file(config, index, 0, 0);
+    let mut owner_file = MetaWriter::create(&owner_path, &header(0)).map_err(|e| e.to_string())?;
+    let mut ids = Vec::new();
+    let mut owned = 0;
+    let mut merge = kmerge::merge_files(&misplaced, p.owners.len()).map_err(|e| e.to_string())?;
+    loop {
+        let next = merge.next().transpose().map_err(|e| e.to_string())?;
+        if let Some((id, _)) = &next {
+            ids.push(*id);
+        }
+        if ids.len() >= crate::wire::MAX_LOOKUP || (next.is_none() && !ids.is_empty()) {
+            let records = client
+                .lookup_on(&p.owners[0], &ids)
+                .await
+                .map_err(|e| e.to_string())?;
+            for (id, r) in ids.iter().zip(records) {
+                if let Some(r) = r {
+                    owner_file.append(id, &r).map_err(|e| e.to_string())?;
+                    owned += 1;
+                }
+            }
+            ids.clear();
+        }
+        if next.is_none() {
+            break;
+        }
+    }
+    owner_file.finish().map_err(|e| e.to_string())?;
+    counts.insert(p.owners[0].id.clone(), owned);
+    paths.extend(misplaced);
+    paths.push(owner_path);
+    Ok(())
 }
 
 fn passes_flags(records: &[Option<Record>], flags: &[u64]) -> bool {
