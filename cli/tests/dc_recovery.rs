@@ -27,12 +27,14 @@ fn version_of(s: Option<(bool, u64)>) -> Option<Version> {
     })
 }
 
+/// One group's state of a key: absent, or (tombstone?, timestamp).
+type GroupState = Option<(bool, u64)>;
+
+/// A write that builds a case: (group, key, value, timestamp, tombstone).
+type Write = (u32, String, Vec<u8>, u64, bool);
+
 /// The 343 cases: key name and per-group state; and the writes that create them.
-fn cases() -> (
-    Vec<String>,
-    Vec<[Option<(bool, u64)>; 3]>,
-    Vec<(u32, String, Vec<u8>, u64, bool)>,
-) {
+fn cases() -> (Vec<String>, Vec<[GroupState; 3]>, Vec<Write>) {
     let (mut keys, mut states, mut writes) = (Vec::new(), Vec::new(), Vec::new());
     for a in 0..7 {
         for b in 0..7 {

@@ -99,7 +99,7 @@ pub async fn by_fingerprints(
                 replicas: p.owners.iter().map(|n| n.id.clone()).zip(records).collect(),
             }));
     }
-    report.differences.sort_by(|a, b| a.id.cmp(&b.id));
+    report.differences.sort_by_key(|d| d.id);
     Ok(report)
 }
 
@@ -108,7 +108,7 @@ pub async fn compare_range(
     client: &Client,
     planned: &PlannedRange,
     config: Config,
-) -> Result<(Vec<(Id, Vec<Option<Record>>)>, CompareStats), ClientError> {
+) -> Result<(crate::reconcile::Differences, CompareStats), ClientError> {
     let peers = try_join_all(planned.owners.iter().map(|n| client.peer(n))).await?;
     let mut rec = Reconcile::new(vec![planned.partitions.ids()], peers.len(), config);
     while let Some(round) = rec.next_round() {

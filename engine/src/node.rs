@@ -53,12 +53,61 @@ pub enum NodeError {
     },
 }
 
+/// Group commit: concurrent write batches are coalesced by one writer thread into a single
+/// store transaction (up to these bounds), which amortizes redb's commit and page writes.
+const COALESCE_ITEMS: usize = 16 * 1024;
+const COALESCE_BYTES: usize = 32 << 20;
+
+/// A write batch waiting for the writer thread, with where to send its outcomes.
+type PendingBatch = (Vec<crate::wire::BatchItem>, tokio::sync::oneshot::Sender<Result<Vec<crate::store::PutOutcome>, String>>);
+
+/// Starts the writer thread of `store`; it ends when every sender is gone.
+fn start_writer(store: Arc<dyn Store>, node: &str) -> std::sync::mpsc::SyncSender<PendingBatch> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<PendingBatch>(MAX_IN_FLIGHT);
+    let name = format!("mend-writer-{node}");
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut group = vec![first];
+                let (mut items, mut bytes) = (group[0].0.len(), group[0].0.iter().map(|i| i.value.len()).sum::<usize>());
+                while items < COALESCE_ITEMS && bytes < COALESCE_BYTES {
+                    match rx.try_recv() {
+                        Ok(next) => {
+                            items += next.0.len();
+                            bytes += next.0.iter().map(|i| i.value.len()).sum::<usize>();
+                            group.push(next);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let all: Vec<PutItem<'_>> = group
+                    .iter()
+                    .flat_map(|(batch, _)| batch.iter().map(|i| PutItem { id: i.id, version: i.version, value: &i.value }))
+                    .collect();
+                let result = store.put_batch(&all).map_err(|e| e.to_string());
+                drop(all);
+                let mut outcomes = result.map(Vec::into_iter);
+                for (batch, reply) in group {
+                    let mine = match &mut outcomes {
+                        Ok(it) => Ok(it.by_ref().take(batch.len()).collect()),
+                        Err(e) => Err(e.clone()),
+                    };
+                    let _ = reply.send(mine);
+                }
+            }
+        })
+        .expect("spawn the writer thread");
+    tx
+}
+
 /// What a node shares between its connections.
 #[derive(Debug)]
 struct NodeState {
     id: String,
     group: u32,
     store: Arc<dyn Store>,
+    writer: std::sync::mpsc::SyncSender<PendingBatch>,
     cluster_dir: PathBuf,
     route: Mutex<(RouteList, Option<SystemTime>)>,
     in_flight: Arc<Semaphore>,
@@ -124,9 +173,11 @@ pub async fn start(
         route
     };
     let mtime = cluster_mtime(cluster_dir);
+    let writer = start_writer(store.clone(), id);
     let state = Arc::new(NodeState {
         id: id.to_string(),
         group: entry.group,
+        writer,
         store,
         cluster_dir: cluster_dir.to_path_buf(),
         route: Mutex::new((route, mtime)),
@@ -340,20 +391,19 @@ async fn handle(
         }
         Request::Read { id } => return read_value(send, store, id).await,
         Request::Write { id, version } => return write_value(send, recv, store, id, version).await,
-        Request::WriteBatch { items } => Response::BatchWritten(
-            blocking(move || {
-                let batch: Vec<PutItem<'_>> = items
-                    .iter()
-                    .map(|i| PutItem {
-                        id: i.id,
-                        version: i.version,
-                        value: &i.value,
-                    })
-                    .collect();
-                store.put_batch(&batch)
-            })
-            .await?,
-        ),
+        Request::WriteBatch { items } => {
+            let (reply, outcome) = tokio::sync::oneshot::channel();
+            let writer = state.writer.clone();
+            // The writer's queue is bounded; waiting for room happens off the async threads.
+            let queued = tokio::task::spawn_blocking(move || writer.send((items, reply)).is_ok())
+                .await
+                .unwrap_or(false);
+            let outcomes = match (queued, outcome.await) {
+                (true, Ok(r)) => r.map_err(|e| Failure(ErrorKind::Storage, e))?,
+                _ => return Err(Failure(ErrorKind::Storage, "the node's writer stopped".into())),
+            };
+            Response::BatchWritten(outcomes)
+        }
         Request::Remove { id, version } => {
             Response::Removed(blocking(move || store.remove_exact(&id, &version)).await?)
         }

@@ -42,6 +42,9 @@ impl Default for Config {
     }
 }
 
+/// Differing ids in id order, each with every replica's record (`None`: absent).
+pub type Differences = Vec<(Id, Vec<Option<Record>>)>;
+
 /// A summary of one item: the top 64 bits of its id and a 64-bit hash of id and version.
 pub type Summary = (u64, u64);
 
@@ -302,7 +305,7 @@ impl Reconcile {
     }
 
     /// The differing ids, in id order, with every replica's record (`None`: absent).
-    pub fn into_differences(self) -> Vec<(Id, Vec<Option<Record>>)> {
+    pub fn into_differences(self) -> Differences {
         self.differences.into_iter().collect()
     }
 }
@@ -358,7 +361,7 @@ mod tests {
     fn run(
         replicas: &[BTreeMap<Id, Record>],
         config: Config,
-    ) -> (Vec<(Id, Vec<Option<Record>>)>, CompareStats) {
+    ) -> (Differences, CompareStats) {
         let mut rec = Reconcile::new(vec![IdRange::ALL], replicas.len(), config);
         while let Some(round) = rec.next_round() {
             let answers = replicas
@@ -371,7 +374,7 @@ mod tests {
         (rec.into_differences(), stats)
     }
 
-    fn model_differences(replicas: &[BTreeMap<Id, Record>]) -> Vec<(Id, Vec<Option<Record>>)> {
+    fn model_differences(replicas: &[BTreeMap<Id, Record>]) -> Differences {
         let ids: BTreeSet<Id> = replicas.iter().flat_map(|r| r.keys().copied()).collect();
         ids.into_iter()
             .map(|id| {

@@ -219,7 +219,7 @@ pub async fn run(
 
     // Gather: every range's versions into metadata files, several ranges at once.
     observer.phase(Phase::Gather, planned.len() as u64);
-    let gathered: Vec<(usize, Result<(Vec<PathBuf>, BTreeMap<String, u64>), String>)> =
+    let gathered: Vec<(usize, Gathered)> =
         stream::iter(planned.iter().enumerate())
             .map(|(i, p)| async move {
                 let r = gather(client, config, i, p).await;
@@ -388,7 +388,7 @@ async fn gather(
     config: &RunConfig,
     index: usize,
     p: &PlannedRange,
-) -> Result<(Vec<PathBuf>, BTreeMap<String, u64>), String> {
+) -> Gathered {
     let range = p.partitions.ids();
     let header = |slot: usize| MetaHeader {
         slot: slot as u32,
@@ -620,6 +620,9 @@ async fn iterate_to_file(
     writer.finish().map_err(|e| e.to_string())?;
     Ok(count)
 }
+
+/// One range's temp files and versions per node, or why gathering it failed.
+type Gathered = Result<(Vec<PathBuf>, BTreeMap<String, u64>), String>;
 
 /// What happened to one key.
 struct KeyOutcome {
