@@ -53,6 +53,20 @@ pub struct RecoverArgs {
     /// The recovery policy (built-in: dc, union).
     #[arg(long, default_value = "dc")]
     pub policy: String,
+    /// Decide with an external program instead: COMMAND runs under `/bin/sh -c` and
+    /// speaks mend's plugin protocol (JSON lines; README, "Writing a recovery policy").
+    #[arg(short = 'C', long = "policy-plugin", value_name = "COMMAND")]
+    pub policy_plugin: Option<String>,
+    /// How long the plugin may take to decide one batch of keys (-b) before it is killed
+    /// and the run stops.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = parse_secs,
+        requires = "policy_plugin"
+    )]
+    pub plugin_timeout: std::time::Duration,
     /// Never remove anything.
     #[arg(long)]
     pub safe: bool,
@@ -120,6 +134,16 @@ pub fn parse_since(text: &str, now_ns: u64) -> anyhow::Result<u64> {
         bail!("-t {text:?}: give epoch seconds or an age like 12h or \"3w 12h 57m\"");
     }
     Ok(now_ns.saturating_sub(age * 1_000_000_000))
+}
+
+/// Parses `--plugin-timeout`: seconds, fractions allowed.
+fn parse_secs(text: &str) -> Result<std::time::Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= 86_400.0 => Ok(std::time::Duration::from_secs_f64(secs)),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds above 0, at most 86400 (say 30 or 0.5)"
+        )),
+    }
 }
 
 /// Draws progress bars (only on a terminal) and writes the CSV report.
@@ -206,7 +230,21 @@ pub fn dc(args: RecoverArgs, registry: &mend_policies::Registry) -> anyhow::Resu
     } else {
         KeySource::Fingerprints
     };
-    let policy = registry.create(&args.policy)?;
+    let policy: Box<dyn mend_engine::policy::RecoveryPolicy> = match &args.policy_plugin {
+        Some(command) => {
+            if args.policy != mend_policies::DcPolicy::NAME {
+                bail!("--policy-plugin replaces --policy: give one of them");
+            }
+            Box::new(mend_policies::ExecPolicy::new(mend_policies::ExecConfig {
+                command: command.clone(),
+                groups: args.groups.clone(),
+                safe: args.safe,
+                dry_run: args.dry_run,
+                batch_timeout: args.plugin_timeout,
+            }))
+        }
+        None => registry.create(&args.policy)?,
+    };
     let run_dir = match &args.tmp_dir {
         Some(dir) => dir.join(format!(
             "mend-run-{}-{}",

@@ -3,13 +3,16 @@
 //! A policy looks at every replica's record of one key ([`KeyState`]) and returns
 //! [`Action`]s; the engine validates them ([`mend_engine::policy::validate`]) and carries
 //! them out. Policies are deterministic and do no I/O, which is what lets the tests below
-//! run them over every combination of replica states against a plain model.
+//! run them over every combination of replica states against a plain model. The one
+//! exception is [`ExecPolicy`], the adapter to an external program, which validates
+//! everything the program says.
 //!
 //! | name | policy | used by |
 //! |---|---|---|
 //! | `dc` | [`DcPolicy`]: newest wins across groups; mergeable line-sets are merged | `mend dc` (default) |
 //! | `merge` | [`MergePolicy`]: move the newest version to the key's owner, remove misplaced copies | `mend merge` |
 //! | `union` | [`UnionPolicy`]: `dc`, always merging mergeable keys with [`union_lines`] | `mend dc --policy union` |
+//! | `exec` | [`ExecPolicy`]: asks an external program, in versioned JSON lines (protocol: [`exec`]) | `mend dc -C COMMAND` |
 //!
 //! Laws every built-in policy is tested against (exhaustively for small key states,
 //! with proptest for random ones; see `tests/`):
@@ -66,11 +69,16 @@
 //! [`Version::newest_cmp`]: mend_engine::Version::newest_cmp
 
 mod dc;
+pub mod exec;
 mod merge;
 mod registry;
 mod union;
 
 pub use dc::{DcConfig, DcPolicy};
+pub use exec::{
+    ExecConfig, ExecPolicy, DEFAULT_BATCH_TIMEOUT, MAX_LINE_BYTES, MAX_VALUE_BYTES,
+    PROTOCOL_VERSION,
+};
 pub use merge::MergePolicy;
 pub use registry::{PolicyFactory, Registry, UnknownPolicy};
 pub use union::{union_lines, UnionPolicy};
