@@ -50,6 +50,10 @@ enum Command {
     /// Recover across groups (dnet_recovery's dc): find what differs, let the policy
     /// decide (newest wins by default), copy it where it is missing or older.
     Dc(recover::RecoverArgs),
+    /// Recover inside each group (dnet_recovery's merge): move keys stored on nodes that
+    /// do not own them (after a node was down or added) to their owner, newest wins, and
+    /// remove the misplaced copy once the owner confirms it (never with --safe/--dry-run).
+    Merge(recover::RecoverArgs),
     /// Compare groups: in sync (exit 0) or exactly which ids differ (exit 1), by range
     /// fingerprints (a few round trips) or, with --full-scan, by iterating everything.
     Verify(verify::VerifyArgs),
@@ -102,6 +106,7 @@ fn run(cli: Cli, registry: &mend_policies::Registry) -> anyhow::Result<ExitCode>
         Command::Id(args) => client_cmds::id(args),
         Command::Load(args) => load::run(args),
         Command::Dc(args) => recover::dc(args, registry),
+        Command::Merge(args) => recover::merge(args, registry),
         Command::Verify(args) => verify::run(args),
         Command::Scrub(args) => scrub::run(args),
         Command::Scan(args) => scan::run(args),

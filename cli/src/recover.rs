@@ -1,4 +1,5 @@
-//! `mend dc`: recovery across groups through temp metadata files and a policy.
+//! `mend dc` and `mend merge`: recovery across groups (dc) or inside each group (merge)
+//! through temp metadata files and a policy.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,9 +51,10 @@ pub struct RecoverArgs {
     /// Keep only keys whose version carries one of these user flags (repeatable).
     #[arg(long = "user-flags", value_parser = parse_flags)]
     pub user_flags: Vec<u64>,
-    /// The recovery policy (built-in: dc, union).
-    #[arg(long, default_value = "dc")]
-    pub policy: String,
+    /// The recovery policy (built-in: dc, merge, union; default: dc for `mend dc`, merge
+    /// for `mend merge`).
+    #[arg(long)]
+    pub policy: Option<String>,
     /// Decide with an external program instead: COMMAND runs under `/bin/sh -c` and
     /// speaks mend's plugin protocol (JSON lines; README, "Writing a recovery policy").
     #[arg(short = 'C', long = "policy-plugin", value_name = "COMMAND")]
@@ -214,8 +216,25 @@ impl RunObserver for Progress {
 
 /// Runs `mend dc`.
 pub fn dc(args: RecoverArgs, registry: &mend_policies::Registry) -> anyhow::Result<ExitCode> {
+    recover(args, registry, run::Mode::Dc)
+}
+
+/// Runs `mend merge`.
+pub fn merge(args: RecoverArgs, registry: &mend_policies::Registry) -> anyhow::Result<ExitCode> {
+    recover(args, registry, run::Mode::Merge)
+}
+
+fn recover(
+    args: RecoverArgs,
+    registry: &mend_policies::Registry,
+    mode: run::Mode,
+) -> anyhow::Result<ExitCode> {
     check_groups(&args.groups)?;
-    if args.groups.len() < 2 {
+    let name = match mode {
+        run::Mode::Dc => "dc",
+        run::Mode::Merge => "merge",
+    };
+    if mode == run::Mode::Dc && args.groups.len() < 2 {
         bail!("dc recovers across groups: give at least two (-g 1,2)");
     }
     if !(4096..=1 << 20).contains(&args.chunk_size) {
@@ -232,7 +251,7 @@ pub fn dc(args: RecoverArgs, registry: &mend_policies::Registry) -> anyhow::Resu
     };
     let policy: Box<dyn mend_engine::policy::RecoveryPolicy> = match &args.policy_plugin {
         Some(command) => {
-            if args.policy != mend_policies::DcPolicy::NAME {
+            if args.policy.is_some() {
                 bail!("--policy-plugin replaces --policy: give one of them");
             }
             Box::new(mend_policies::ExecPolicy::new(mend_policies::ExecConfig {
@@ -243,7 +262,7 @@ pub fn dc(args: RecoverArgs, registry: &mend_policies::Registry) -> anyhow::Resu
                 batch_timeout: args.plugin_timeout,
             }))
         }
-        None => registry.create(&args.policy)?,
+        None => registry.create(args.policy.as_deref().unwrap_or(name))?,
     };
     let run_dir = match &args.tmp_dir {
         Some(dir) => dir.join(format!(
@@ -274,7 +293,7 @@ pub fn dc(args: RecoverArgs, registry: &mend_policies::Registry) -> anyhow::Resu
         None => None,
     };
     let config = RunConfig {
-        mode: run::Mode::Dc,
+        mode,
         groups: args.groups.clone(),
         only_node: args.one_node.clone(),
         source,
@@ -305,13 +324,14 @@ pub fn dc(args: RecoverArgs, registry: &mend_policies::Registry) -> anyhow::Resu
     let report = runtime()?.block_on(async {
         let client = args.cluster.connect().await?;
         // Unknown groups and nodes are input errors, found before any traffic.
-        mend_engine::compare::plan(
-            &client,
-            &mend_engine::compare::Scope {
-                groups: args.groups.clone(),
-                only_node: args.one_node.clone(),
-            },
-        )?;
+        let scope = mend_engine::compare::Scope {
+            groups: args.groups.clone(),
+            only_node: args.one_node.clone(),
+        };
+        match mode {
+            run::Mode::Dc => mend_engine::compare::plan(&client, &scope)?,
+            run::Mode::Merge => run::plan_merge(&client, &scope)?,
+        };
         let report = run::run(&client, &config, policy.as_ref(), &progress).await;
         let traffic = client.pool().traffic();
         anyhow::Ok((report, traffic))
@@ -334,13 +354,14 @@ pub fn dc(args: RecoverArgs, registry: &mend_policies::Registry) -> anyhow::Resu
         Ok(r) => r,
         Err(e) => {
             eprintln!(
-                "mend: dc failed: {e}; the run dir is kept: {}",
+                "mend: {name} failed: {e}; the run dir is kept: {}",
                 run_dir.display()
             );
             return Ok(ExitCode::from(1));
         }
     };
     print_stats(
+        name,
         &args,
         &report,
         started.elapsed().as_secs_f64(),
@@ -351,6 +372,7 @@ pub fn dc(args: RecoverArgs, registry: &mend_policies::Registry) -> anyhow::Resu
 }
 
 fn print_stats(
+    name: &str,
     args: &RecoverArgs,
     report: &RunReport,
     secs: f64,
@@ -372,9 +394,9 @@ fn print_stats(
             println!(
                 "{}",
                 if args.dry_run {
-                    "dc (dry run: nothing changed)"
+                    format!("{name} (dry run: nothing changed)")
                 } else {
-                    "dc"
+                    name.to_string()
                 }
             );
             println!(

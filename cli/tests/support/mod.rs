@@ -289,3 +289,68 @@ impl NodeProcs {
         c.wait().unwrap();
     }
 }
+
+impl Cluster {
+    /// Writes exact versions to a given node, whoever owns the key (how misplaced copies
+    /// are made on purpose): (node, key, value, timestamp, tombstone).
+    pub fn write_on_nodes(&self, items: &[(String, String, Vec<u8>, u64, bool)]) {
+        use mend_engine::client::{Bootstrap, Client};
+        use mend_engine::wire::BatchItem;
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let creds = mend_engine::pki::Credentials::for_client(&self.path()).unwrap();
+            let route = mend_engine::RouteList::load(&self.path()).unwrap();
+            let client = Client::connect(&creds, Bootstrap::Route(route))
+                .await
+                .unwrap();
+            for (node, key, value, ts, tomb) in items {
+                let id = mend_engine::Id::from_key(key.as_bytes());
+                let version = if *tomb {
+                    mend_engine::Version::tombstone(*ts)
+                } else {
+                    mend_engine::Version::of_value(value, *ts, 0)
+                };
+                let value = if *tomb { Vec::new() } else { value.clone() };
+                let entry = client.route().node(node).unwrap().clone();
+                let out = client
+                    .write_batch(&entry, vec![BatchItem { id, version, value }])
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    out,
+                    vec![mend_engine::store::PutOutcome::Written],
+                    "{node} {key}"
+                );
+            }
+        });
+    }
+
+    /// What `node` itself holds for each of `keys`.
+    pub fn records_on(&self, node: &str, keys: &[String]) -> Vec<Option<mend_engine::Record>> {
+        use mend_engine::client::{Bootstrap, Client};
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let creds = mend_engine::pki::Credentials::for_client(&self.path()).unwrap();
+            let route = mend_engine::RouteList::load(&self.path()).unwrap();
+            let client = Client::connect(&creds, Bootstrap::Route(route))
+                .await
+                .unwrap();
+            let ids: Vec<mend_engine::Id> = keys
+                .iter()
+                .map(|k| mend_engine::Id::from_key(k.as_bytes()))
+                .collect();
+            let entry = client.route().node(node).unwrap().clone();
+            client.lookup_on(&entry, &ids).await.unwrap()
+        })
+    }
+
+    /// The owner of `key` in `group`, from the cluster file.
+    pub fn owner_of(&self, group: u32, key: &str) -> String {
+        let route = mend_engine::RouteList::load(&self.path()).unwrap();
+        route
+            .owner_of(group, &mend_engine::Id::from_key(key.as_bytes()))
+            .unwrap()
+            .id
+            .clone()
+    }
+}
