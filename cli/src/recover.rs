@@ -93,6 +93,20 @@ pub struct RecoverArgs {
     /// Keep the run dir after a successful run (it is always kept after a failed one).
     #[arg(long)]
     pub keep_tmp: bool,
+    /// Continue an interrupted run: its run dir (printed when it failed) holds the plan and
+    /// a journal of the range batches already done, which are not done again.
+    #[arg(long, value_name = "RUNDIR", conflicts_with = "tmp_dir")]
+    pub resume: Option<PathBuf>,
+    /// Copy at most this many value bytes per second (0: no limit).
+    #[arg(long, value_name = "BYTES_PER_SEC", default_value_t = 0)]
+    pub max_bandwidth: u64,
+    /// Recover at most this many keys per second (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_keys_per_sec: u64,
+    /// Actions touching one node at once, so recovery never monopolises a node (0: as many
+    /// as -n).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub per_node: usize,
     /// How to print the stats.
     #[arg(long, value_enum, default_value = "text")]
     pub stats: StatsFormat,
@@ -264,17 +278,26 @@ fn recover(
         }
         None => registry.create(args.policy.as_deref().unwrap_or(name))?,
     };
-    let run_dir = match &args.tmp_dir {
-        Some(dir) => dir.join(format!(
-            "mend-run-{}-{}",
-            std::process::id(),
-            mend_engine::now_ns()
-        )),
-        None => std::env::temp_dir().join(format!(
-            "mend-run-{}-{}",
-            std::process::id(),
-            mend_engine::now_ns()
-        )),
+    let run_dir = match &args.resume {
+        Some(dir) => {
+            if !dir.join(run::RUN_FILE).is_file() {
+                bail!(
+                    "--resume {}: not a run dir (no {})",
+                    dir.display(),
+                    run::RUN_FILE
+                );
+            }
+            dir.clone()
+        }
+        None => args
+            .tmp_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir)
+            .join(format!(
+                "mend-run-{}-{}",
+                std::process::id(),
+                mend_engine::now_ns()
+            )),
     };
     let csv = match &args.report {
         Some(path) => {
@@ -305,6 +328,10 @@ fn recover(
         batch: args.batch.max(1),
         chunk_size: args.chunk_size,
         attempts: args.attempts.max(1),
+        resume: args.resume.is_some(),
+        max_bytes_per_sec: args.max_bandwidth,
+        max_keys_per_sec: args.max_keys_per_sec,
+        per_node: args.per_node,
     };
     let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
     let bytes = bars.add(ProgressBar::new_spinner());

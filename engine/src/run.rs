@@ -76,6 +76,140 @@ pub struct RunConfig {
     pub chunk_size: usize,
     /// Attempts per write before a key fails.
     pub attempts: u32,
+    /// Continue the run in `run_dir`: skip the ranges its journal says are done.
+    pub resume: bool,
+    /// Copy at most this many value bytes per second (0: no limit).
+    pub max_bytes_per_sec: u64,
+    /// Recover at most this many keys per second (0: no limit).
+    pub max_keys_per_sec: u64,
+    /// Actions touching one node at once (0: as many as `concurrency`).
+    pub per_node: usize,
+}
+
+/// Partitions per range batch: a run journals, gathers and recovers range batches, so an
+/// interrupted run resumes at this granularity (16 batches cover the id space).
+pub const RANGE_BATCH_PARTITIONS: u32 = 4096;
+
+/// The journal of a run dir: one line per range batch that converged.
+pub const JOURNAL: &str = "journal";
+
+/// What a run dir was started with, so a resume continues the same run.
+pub const RUN_FILE: &str = "run.json";
+
+/// Cuts planned ranges into batches of at most [`RANGE_BATCH_PARTITIONS`].
+fn batches(planned: Vec<PlannedRange>) -> Vec<PlannedRange> {
+    let mut out = Vec::new();
+    for p in planned {
+        let mut first = u32::from(p.partitions.first);
+        let last = u32::from(p.partitions.last);
+        while first <= last {
+            let end = (first + RANGE_BATCH_PARTITIONS - 1).min(last);
+            out.push(PlannedRange {
+                partitions: crate::route::PartitionRange {
+                    first: first as u16,
+                    last: end as u16,
+                },
+                owners: p.owners.clone(),
+            });
+            first = end + 1;
+        }
+    }
+    out
+}
+
+/// A description of the plan, stored in `run.json` and compared on resume.
+fn plan_text(config: &RunConfig, planned: &[PlannedRange]) -> String {
+    let ranges: Vec<String> = planned
+        .iter()
+        .map(|p| {
+            let owners: Vec<&str> = p.owners.iter().map(|n| n.id.as_str()).collect();
+            format!("{} {}", p.partitions, owners.join(","))
+        })
+        .collect();
+    let source = match &config.source {
+        KeySource::Fingerprints => "fingerprints".to_string(),
+        KeySource::FullScan => "full-scan".to_string(),
+        KeySource::Since(t) => format!("since {t}"),
+        KeySource::Ids(ids) => format!("{} ids", ids.len()),
+    };
+    format!(
+        "{{\"mode\": \"{:?}\", \"groups\": {:?}, \"source\": \"{source}\", \"ranges\": {:?}}}\n",
+        config.mode, config.groups, ranges
+    )
+}
+
+/// Range batches the journal of `run_dir` records as done.
+pub fn journal_done(run_dir: &Path) -> Result<std::collections::BTreeSet<usize>, std::io::Error> {
+    match std::fs::read_to_string(run_dir.join(JOURNAL)) {
+        Ok(text) => Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix("done "))
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(e),
+    }
+}
+
+fn journal_append(run_dir: &Path, index: usize, p: &PlannedRange) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.join(JOURNAL))?;
+    writeln!(f, "done {index} {}", p.partitions)?;
+    f.sync_all()
+}
+
+/// A shared rate: callers take units and wait until the rate allows them.
+#[derive(Debug)]
+struct Rate {
+    per_sec: u64,
+    state: std::sync::Mutex<(std::time::Instant, f64)>,
+}
+
+impl Rate {
+    fn new(per_sec: u64) -> Option<Rate> {
+        (per_sec > 0).then(|| Rate {
+            per_sec,
+            state: std::sync::Mutex::new((std::time::Instant::now(), 0.0)),
+        })
+    }
+
+    async fn take(rate: &Option<Rate>, units: u64) {
+        let Some(rate) = rate else { return };
+        let wait = {
+            let mut s = rate.state.lock().expect("rate lock");
+            s.1 += units as f64;
+            let due = Duration::from_secs_f64(s.1 / rate.per_sec as f64);
+            due.checked_sub(s.0.elapsed())
+        };
+        if let Some(wait) = wait {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// The politeness of a run: rates and a bound on actions per node.
+#[derive(Debug)]
+struct Limits {
+    bytes: Option<Rate>,
+    keys: Option<Rate>,
+    per_node: usize,
+    nodes: std::sync::Mutex<BTreeMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
+}
+
+impl Limits {
+    fn node(&self, id: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
+        self.nodes
+            .lock()
+            .expect("limits lock")
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                std::sync::Arc::new(tokio::sync::Semaphore::new(self.per_node.max(1)))
+            })
+            .clone()
+    }
 }
 
 /// The phases a run reports progress in.
@@ -123,6 +257,8 @@ pub struct RunStats {
     pub ranges: u64,
     /// Ranges whose comparison or iteration failed.
     pub ranges_failed: u64,
+    /// Ranges skipped because a resumed run's journal says they are done.
+    pub ranges_resumed: u64,
     /// Versions gathered into metadata files.
     pub gathered: u64,
     /// Keys decided.
@@ -184,6 +320,14 @@ pub enum RunError {
     /// The policy failed as a whole; keys not yet decided were left unchanged.
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
+    /// A run dir cannot be resumed.
+    #[error("cannot resume {path}: {why}")]
+    Resume {
+        /// The run file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
     /// The run dir could not be created.
     #[error("cannot create run dir {path}: {source}")]
     RunDir {
@@ -206,29 +350,56 @@ pub async fn run(
         groups: config.groups.clone(),
         only_node: config.only_node.clone(),
     };
-    let planned = match config.mode {
+    let planned = batches(match config.mode {
         Mode::Dc => compare::plan(client, &scope)?,
         Mode::Merge => plan_merge(client, &scope)?,
-    };
-    std::fs::create_dir_all(&config.run_dir).map_err(|source| RunError::RunDir {
+    });
+    let dir_error = |source| RunError::RunDir {
         path: config.run_dir.clone(),
         source,
-    })?;
+    };
+    std::fs::create_dir_all(&config.run_dir).map_err(dir_error)?;
+    let plan = plan_text(config, &planned);
+    let run_file = config.run_dir.join(RUN_FILE);
+    let done = if config.resume {
+        let started = std::fs::read_to_string(&run_file).map_err(dir_error)?;
+        if started != plan {
+            return Err(RunError::Resume {
+                path: run_file,
+                why: "the plan differs (other groups, flags or route list): start a new run".into(),
+            });
+        }
+        journal_done(&config.run_dir).map_err(dir_error)?
+    } else {
+        std::fs::write(&run_file, &plan).map_err(dir_error)?;
+        Default::default()
+    };
     let mut report = RunReport::default();
     report.stats.ranges = planned.len() as u64;
+    report.stats.ranges_resumed = done.len() as u64;
+    let limits = Limits {
+        bytes: Rate::new(config.max_bytes_per_sec),
+        keys: Rate::new(config.max_keys_per_sec),
+        per_node: if config.per_node == 0 {
+            config.concurrency
+        } else {
+            config.per_node
+        },
+        nodes: Default::default(),
+    };
+    let pending: Vec<usize> = (0..planned.len()).filter(|i| !done.contains(i)).collect();
 
     // Gather: every range's versions into metadata files, several ranges at once.
-    observer.phase(Phase::Gather, planned.len() as u64);
-    let gathered: Vec<(usize, Gathered)> =
-        stream::iter(planned.iter().enumerate())
-            .map(|(i, p)| async move {
-                let r = gather(client, config, i, p).await;
-                observer.advance(1);
-                (i, r)
-            })
-            .buffer_unordered(4)
-            .collect()
-            .await;
+    observer.phase(Phase::Gather, pending.len() as u64);
+    let gathered: Vec<(usize, Gathered)> = stream::iter(pending.iter().map(|i| (*i, &planned[*i])))
+        .map(|(i, p)| async move {
+            let r = gather(client, config, i, p).await;
+            observer.advance(1);
+            (i, r)
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
     let mut files: BTreeMap<usize, Vec<PathBuf>> = BTreeMap::new();
     for (i, result) in gathered {
         match result {
@@ -253,6 +424,7 @@ pub async fn run(
     let down = Down::default();
     for (i, paths) in files {
         let p = &planned[i];
+        let failed_before = report.failed.len();
         let mut merged = kmerge::merge_files(&paths, p.owners.len())?;
         loop {
             let mut batch = Vec::with_capacity(config.batch);
@@ -280,7 +452,15 @@ pub async fn run(
             }
             let outcomes: Vec<KeyOutcome> = stream::iter(batch.into_iter().zip(decisions))
                 .map(|(key, actions)| {
-                    recover_key(client, config, policy, observer, &down, p, key, actions)
+                    let ctx = KeyContext {
+                        client,
+                        config,
+                        policy,
+                        observer,
+                        down: &down,
+                        limits: &limits,
+                    };
+                    recover_key(ctx, p, key, actions)
                 })
                 .buffer_unordered(config.concurrency.max(1))
                 .collect()
@@ -290,8 +470,24 @@ pub async fn run(
             }
             observer.advance(n);
         }
+        // A range batch is done only when every key of it converged: a resumed run
+        // redoes the others.
+        if report.failed.len() == failed_before {
+            journal_append(&config.run_dir, i, p).map_err(dir_error)?;
+        }
     }
     Ok(report)
+}
+
+/// What recovering one key needs from its run.
+#[derive(Clone, Copy)]
+struct KeyContext<'a> {
+    client: &'a Client,
+    config: &'a RunConfig,
+    policy: &'a dyn RecoveryPolicy,
+    observer: &'a dyn RunObserver,
+    down: &'a Down,
+    limits: &'a Limits,
 }
 
 /// Values for policies that ask for them: read from the replica's node, checksum checked.
@@ -383,12 +579,7 @@ fn slot_file(config: &RunConfig, range: usize, slot: usize, part: usize) -> Path
 
 /// Gathers one range: the versions each owner holds of the keys to consider, one file per
 /// owner (and per batch of differences). Returns the files and versions per node.
-async fn gather(
-    client: &Client,
-    config: &RunConfig,
-    index: usize,
-    p: &PlannedRange,
-) -> Gathered {
+async fn gather(client: &Client, config: &RunConfig, index: usize, p: &PlannedRange) -> Gathered {
     let range = p.partitions.ids();
     let header = |slot: usize| MetaHeader {
         slot: slot as u32,
@@ -712,17 +903,21 @@ impl Down {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn recover_key(
-    client: &Client,
-    config: &RunConfig,
-    policy: &dyn RecoveryPolicy,
-    observer: &dyn RunObserver,
-    down: &Down,
+    ctx: KeyContext<'_>,
     p: &PlannedRange,
     key: KeyState,
     actions: Vec<Action>,
 ) -> KeyOutcome {
+    let KeyContext {
+        client,
+        config,
+        policy,
+        observer,
+        down,
+        limits,
+    } = ctx;
+    Rate::take(&limits.keys, 1).await;
     let mut out = KeyOutcome {
         id: key.id,
         differing: false,
@@ -779,6 +974,15 @@ async fn recover_key(
                 }
                 for t in to {
                     let dest = &key.replicas[*t];
+                    // Per-node bounds, taken in node-id order so two copies cannot deadlock.
+                    let (a, b) = (&p.owners[*from].id, &p.owners[*t].id);
+                    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+                    let _lo = limits.node(lo).acquire_owned().await;
+                    let _hi = if lo == hi {
+                        None
+                    } else {
+                        Some(limits.node(hi).acquire_owned().await)
+                    };
                     let result = copy_with_retries(
                         client,
                         config,
@@ -793,6 +997,7 @@ async fn recover_key(
                         Ok(PutOutcome::Written) => {
                             out.copied.push((dest.group, version.size));
                             observer.bytes(version.size);
+                            Rate::take(&limits.bytes, version.size).await;
                             "ok".to_string()
                         }
                         Ok(PutOutcome::Stale { stored }) => {
@@ -820,10 +1025,7 @@ async fn recover_key(
                 }
             }
             Action::Merge { sources, to } => {
-                merge_key(
-                    client, config, policy, observer, p, &key, sources, to, &mut out,
-                )
-                .await;
+                merge_key(ctx, p, &key, sources, to, &mut out).await;
             }
             Action::Remove { on, keep } => {
                 // Removal is the merge run's business (and never with --safe/--dry-run).
@@ -877,18 +1079,21 @@ async fn recover_key(
     out
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn merge_key(
-    client: &Client,
-    config: &RunConfig,
-    policy: &dyn RecoveryPolicy,
-    observer: &dyn RunObserver,
+    ctx: KeyContext<'_>,
     p: &PlannedRange,
     key: &KeyState,
     sources: &[usize],
     to: &[usize],
     out: &mut KeyOutcome,
 ) {
+    let KeyContext {
+        client,
+        config,
+        policy,
+        observer,
+        ..
+    } = ctx;
     let report = |result: String, version: Option<Version>| {
         observer.report(&KeyReport {
             id: key.id,
