@@ -131,8 +131,9 @@ fn describe(outcome: &PutOutcome) -> String {
     }
 }
 
-/// Writes `version` (with the value from `source`) to every group; prints one line per
-/// group; exit 1 if any group did not take it.
+/// Writes `version` (with the value from `source`) to every group, handing off to the next
+/// node of a group whose owner is unreachable; prints one line per group (and one per
+/// hand-off); exit 1 if any group did not take it.
 async fn write_all_groups(
     client: &Client,
     groups: &[u32],
@@ -142,12 +143,15 @@ async fn write_all_groups(
 ) -> anyhow::Result<ExitCode> {
     let mut failed = 0;
     for g in groups {
-        match client.write(*g, id, version, source).await {
-            Ok((node, outcome)) => {
+        match client.write_with_handoff(*g, id, version, source).await {
+            Ok((served, outcome)) => {
                 if outcome != PutOutcome::Written {
                     failed += 1;
                 }
-                println!("group {g} ({node}): {}", describe(&outcome));
+                if let Some(note) = served.note() {
+                    println!("{note}");
+                }
+                println!("group {g} ({}): {}", served.node, describe(&outcome));
             }
             Err(e) => {
                 failed += 1;
@@ -243,8 +247,8 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
             }
             .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
             let mut file = tokio::fs::File::from_std(tmp.reopen()?);
-            match client.read(*g, &id, &mut file).await {
-                Ok((_, ReadOutcome::Value(_))) => {
+            match client.read_with_fallback(*g, &id, &mut file).await {
+                Ok((served, ReadOutcome::Value(_))) => {
                     drop(file);
                     match &args.output {
                         Some(path) => {
@@ -256,16 +260,21 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
                             std::io::copy(&mut f, &mut std::io::stdout().lock())?;
                         }
                     }
+                    notes.extend(served.note());
                     for n in &notes {
                         eprintln!("mend: {n}");
                     }
                     return Ok(ExitCode::SUCCESS);
                 }
-                Ok((node, ReadOutcome::Tombstone(v))) => {
-                    notes.push(format!("group {g} ({node}): deleted at {}", v.timestamp))
+                Ok((served, ReadOutcome::Tombstone(v))) => {
+                    notes.extend(served.note());
+                    notes.push(format!(
+                        "group {g} ({}): deleted at {}",
+                        served.node, v.timestamp
+                    ))
                 }
-                Ok((node, ReadOutcome::Absent)) => {
-                    notes.push(format!("group {g} ({node}): absent"))
+                Ok((served, ReadOutcome::Absent)) => {
+                    notes.push(format!("group {g} ({}): absent", served.node))
                 }
                 Err(e) => notes.push(format!("group {g}: {e:#}")),
             }
@@ -282,7 +291,11 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
 #[derive(Debug, serde::Serialize)]
 struct StatRow {
     group: u32,
+    /// The node that answered (the owner, or another node of the group holding a hand-off
+    /// copy when the owner is unreachable or has none).
     node: String,
+    owner: String,
+    note: Option<String>,
     state: &'static str,
     timestamp: Option<u64>,
     size: Option<u64>,
@@ -301,25 +314,26 @@ pub fn stat(args: StatArgs) -> anyhow::Result<ExitCode> {
         client.route().check_groups(&args.groups)?;
         let mut rows = Vec::new();
         for g in &args.groups {
-            let node = client.owner(*g, &id)?.clone();
-            let row = match client.lookup_on(&node, &[id]).await {
-                Ok(records) => {
-                    let r = records.into_iter().next().flatten();
-                    StatRow {
-                        group: *g,
-                        node: node.id.clone(),
-                        state: ReplicaState::of(r.as_ref()).as_str(),
-                        timestamp: r.map(|r| r.version.timestamp),
-                        size: r.map(|r| r.version.size),
-                        checksum: r.map(|r| r.version.checksum_hex()),
-                        user_flags: r.map(|r| r.version.user_flags),
-                        mergeable: r.is_some_and(|r| r.version.is_mergeable()),
-                        error: None,
-                    }
-                }
+            let owner = client.owner(*g, &id)?.id.clone();
+            let row = match client.lookup_with_fallback(*g, &id).await {
+                Ok((served, r)) => StatRow {
+                    group: *g,
+                    note: served.note(),
+                    node: served.node,
+                    owner,
+                    state: ReplicaState::of(r.as_ref()).as_str(),
+                    timestamp: r.map(|r| r.version.timestamp),
+                    size: r.map(|r| r.version.size),
+                    checksum: r.map(|r| r.version.checksum_hex()),
+                    user_flags: r.map(|r| r.version.user_flags),
+                    mergeable: r.is_some_and(|r| r.version.is_mergeable()),
+                    error: None,
+                },
                 Err(e) => StatRow {
                     group: *g,
-                    node: node.id.clone(),
+                    node: owner.clone(),
+                    owner,
+                    note: None,
                     state: "unreachable",
                     timestamp: None,
                     size: None,
@@ -340,8 +354,8 @@ pub fn stat(args: StatArgs) -> anyhow::Result<ExitCode> {
             writeln!(out, "{}  id {}", args.key.key, id)?;
             writeln!(
                 out,
-                "{:<6} {:<8} {:<10} {:>20} {:>10}  {:<16} {}",
-                "group", "node", "state", "timestamp", "size", "checksum", "user_flags"
+                "{:<6} {:<8} {:<10} {:>20} {:>10}  {:<16} user_flags",
+                "group", "node", "state", "timestamp", "size", "checksum"
             )?;
             for r in &rows {
                 let dash = || "-".to_string();
@@ -358,6 +372,9 @@ pub fn stat(args: StatArgs) -> anyhow::Result<ExitCode> {
                         .map_or_else(dash, |c| c[..16].to_string()),
                     r.user_flags.map_or_else(dash, |f| f.to_string()),
                 )?;
+                if let Some(note) = &r.note {
+                    writeln!(out, "       {note}")?;
+                }
                 if let Some(e) = &r.error {
                     writeln!(out, "       {e}")?;
                 }

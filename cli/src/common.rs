@@ -1,6 +1,7 @@
 //! What every client command shares: finding the cluster dir, connecting, parsing groups.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -23,6 +24,16 @@ pub struct ClusterArgs {
     /// Default: the route list in the cluster dir's cluster.toml.
     #[arg(short = 'r', long = "remote", value_name = "HOST:PORT")]
     pub remote: Option<String>,
+    /// Seconds to wait for a node to answer a new connection before it counts as
+    /// unreachable (client writes then hand off to the next node of its group).
+    #[arg(
+        long,
+        env = "MEND_CONNECT_TIMEOUT",
+        default_value = "5",
+        value_name = "SECS",
+        value_parser = parse_seconds
+    )]
+    pub connect_timeout: Duration,
 }
 
 impl ClusterArgs {
@@ -46,7 +57,7 @@ impl ClusterArgs {
             None => Bootstrap::Route(RouteList::load(&self.cluster)?),
         };
         let creds = Credentials::for_client(&self.cluster)?;
-        Ok(Client::connect(&creds, bootstrap).await?)
+        Ok(Client::connect_with_timeout(&creds, bootstrap, self.connect_timeout).await?)
     }
 }
 
@@ -101,6 +112,15 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     );
     bar.set_prefix(what.to_string());
     bar
+}
+
+/// Parses a duration in seconds (fractions allowed): `5`, `0.5`.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs > 0.0 && *secs <= 3600.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{s:?} is not a number of seconds from 0 to 3600"))
 }
 
 /// Parses a user-flags number: decimal or 0x-hex.

@@ -16,6 +16,7 @@ mod init;
 mod load;
 mod node;
 mod recover;
+mod route_cmd;
 mod scan;
 mod scrub;
 mod verify;
@@ -63,6 +64,9 @@ enum Command {
     /// Inspect a metadata file (header, record count, first and last id, every CRC) or a
     /// dump file: exit 0 if sound, 1 if corrupt or torn, 2 if it cannot be read.
     Scan(scan::ScanArgs),
+    /// The route list: show it with key counts per node, add or remove a node, rebalance,
+    /// rebuild it from a recovery file of surviving nodes, push it to every node.
+    Route(route_cmd::RouteArgs),
     /// A local 3-group cluster in a temp dir: loaded, diverged, verified, repaired by dc.
     Demo(demo::DemoArgs),
 }
@@ -110,6 +114,7 @@ fn run(cli: Cli, registry: &mend_policies::Registry) -> anyhow::Result<ExitCode>
         Command::Verify(args) => verify::run(args),
         Command::Scrub(args) => scrub::run(args),
         Command::Scan(args) => scan::run(args),
+        Command::Route(args) => route_cmd::run(args),
         Command::Demo(args) => demo::run(args),
     }
 }

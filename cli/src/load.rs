@@ -77,7 +77,8 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         let total = files.as_ref().map_or(args.count.unwrap_or(0), |f| f.len() as u64) * args.groups.len() as u64;
         let bar = progress(total, "load");
         let bar2 = bar.clone();
-        let mut writer = BatchWriter::new(&client, args.batch, args.in_flight, Box::new(move |n| bar2.inc(n)));
+        // A node that cannot be reached has its items handed off to the next node of its group.
+        let mut writer = BatchWriter::new(&client, args.batch, args.in_flight, Box::new(move |n| bar2.inc(n))).with_handoff();
         let started = Instant::now();
         let mut big = Vec::new();
         match &files {
@@ -104,12 +105,20 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        let (mut stats, mut errors) = writer.finish().await?;
+        let report = writer.finish_report().await?;
+        let (mut stats, mut errors, mut handoffs) = (report.stats, report.errors, report.handoffs);
         for (key, path, timestamp) in big {
             let id = Id::from_key(key.as_bytes());
             let version = version_of_file(&path, timestamp, 0)?;
             for g in &args.groups {
-                match client.write(*g, &id, version, ValueSource::File(&path)).await {
+                let written = client.write_with_handoff(*g, &id, version, ValueSource::File(&path)).await;
+                if let Ok((served, _)) = &written {
+                    if let Some(note) = served.note() {
+                        stats.handed_off += 1;
+                        handoffs.push(format!("{key}: {note}"));
+                    }
+                }
+                match written {
                     Ok((_, PutOutcome::Written)) => {
                         stats.written += 1;
                         stats.bytes += version.size;
@@ -137,6 +146,15 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
             stats.mismatched,
             stats.failed
         );
+        if stats.handed_off > 0 {
+            println!(
+                "handed off {} objects to other nodes of their group (owner unreachable; `mend merge` moves them to their owner once it is back):",
+                stats.handed_off
+            );
+            for h in &handoffs {
+                println!("  {h}");
+            }
+        }
         for e in &errors {
             eprintln!("mend: {e}");
         }

@@ -59,7 +59,10 @@ const COALESCE_ITEMS: usize = 16 * 1024;
 const COALESCE_BYTES: usize = 32 << 20;
 
 /// A write batch waiting for the writer thread, with where to send its outcomes.
-type PendingBatch = (Vec<crate::wire::BatchItem>, tokio::sync::oneshot::Sender<Result<Vec<crate::store::PutOutcome>, String>>);
+type PendingBatch = (
+    Vec<crate::wire::BatchItem>,
+    tokio::sync::oneshot::Sender<Result<Vec<crate::store::PutOutcome>, String>>,
+);
 
 /// Starts the writer thread of `store`; it ends when every sender is gone.
 fn start_writer(store: Arc<dyn Store>, node: &str) -> std::sync::mpsc::SyncSender<PendingBatch> {
@@ -70,7 +73,10 @@ fn start_writer(store: Arc<dyn Store>, node: &str) -> std::sync::mpsc::SyncSende
         .spawn(move || {
             while let Ok(first) = rx.recv() {
                 let mut group = vec![first];
-                let (mut items, mut bytes) = (group[0].0.len(), group[0].0.iter().map(|i| i.value.len()).sum::<usize>());
+                let (mut items, mut bytes) = (
+                    group[0].0.len(),
+                    group[0].0.iter().map(|i| i.value.len()).sum::<usize>(),
+                );
                 while items < COALESCE_ITEMS && bytes < COALESCE_BYTES {
                     match rx.try_recv() {
                         Ok(next) => {
@@ -83,7 +89,13 @@ fn start_writer(store: Arc<dyn Store>, node: &str) -> std::sync::mpsc::SyncSende
                 }
                 let all: Vec<PutItem<'_>> = group
                     .iter()
-                    .flat_map(|(batch, _)| batch.iter().map(|i| PutItem { id: i.id, version: i.version, value: &i.value }))
+                    .flat_map(|(batch, _)| {
+                        batch.iter().map(|i| PutItem {
+                            id: i.id,
+                            version: i.version,
+                            value: &i.value,
+                        })
+                    })
                     .collect();
                 let result = store.put_batch(&all).map_err(|e| e.to_string());
                 drop(all);
@@ -400,7 +412,12 @@ async fn handle(
                 .unwrap_or(false);
             let outcomes = match (queued, outcome.await) {
                 (true, Ok(r)) => r.map_err(|e| Failure(ErrorKind::Storage, e))?,
-                _ => return Err(Failure(ErrorKind::Storage, "the node's writer stopped".into())),
+                _ => {
+                    return Err(Failure(
+                        ErrorKind::Storage,
+                        "the node's writer stopped".into(),
+                    ))
+                }
             };
             Response::BatchWritten(outcomes)
         }

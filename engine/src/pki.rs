@@ -454,7 +454,7 @@ fn leaf_paths(cluster_dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 
 /// Names become DNS SANs and file names: keep them to letters, digits, `-`, `_`, `.`, not
 /// starting with a dot or dash (so no path can escape `certs/`).
-fn check_name(name: &str) -> Result<(), PkiError> {
+pub fn check_name(name: &str) -> Result<(), PkiError> {
     let reason = if name.is_empty() {
         Some("a name must not be empty")
     } else if name.len() > 63 {

@@ -358,10 +358,7 @@ mod tests {
     use crate::Version;
     use proptest::prelude::*;
 
-    fn run(
-        replicas: &[BTreeMap<Id, Record>],
-        config: Config,
-    ) -> (Differences, CompareStats) {
+    fn run(replicas: &[BTreeMap<Id, Record>], config: Config) -> (Differences, CompareStats) {
         let mut rec = Reconcile::new(vec![IdRange::ALL], replicas.len(), config);
         while let Some(round) = rec.next_round() {
             let answers = replicas
