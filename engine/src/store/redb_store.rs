@@ -252,15 +252,22 @@ struct RecordTables<'t> {
     chunks: ChunksTable<'t>,
     fingerprints: FingerprintsTable<'t>,
     delta: FingerprintDelta,
+    /// False only in a store opened for measuring what fingerprints cost.
+    maintain: bool,
 }
 
 impl<'t> RecordTables<'t> {
-    fn open(txn: &'t WriteTransaction, op: &'static str) -> Result<Self, StoreError> {
+    fn open(
+        txn: &'t WriteTransaction,
+        op: &'static str,
+        maintain: bool,
+    ) -> Result<Self, StoreError> {
         Ok(RecordTables {
             versions: txn.open_table(VERSIONS).during(op)?,
             chunks: txn.open_table(CHUNKS).during(op)?,
             fingerprints: txn.open_table(FINGERPRINTS).during(op)?,
             delta: FingerprintDelta::default(),
+            maintain,
         })
     }
 
@@ -270,6 +277,9 @@ impl<'t> RecordTables<'t> {
         record: &Record,
         op: &'static str,
     ) -> Result<(), StoreError> {
+        if !self.maintain {
+            return Ok(());
+        }
         self.delta
             .entry(&self.fingerprints, id.partition(), op)?
             .insert_record(id, record);
@@ -282,6 +292,9 @@ impl<'t> RecordTables<'t> {
         record: &Record,
         op: &'static str,
     ) -> Result<(), StoreError> {
+        if !self.maintain {
+            return Ok(());
+        }
         self.delta
             .entry(&self.fingerprints, id.partition(), op)?
             .remove_record(id, record);
@@ -319,6 +332,7 @@ impl<'t> RecordTables<'t> {
 pub struct RedbStore {
     db: Arc<Database>,
     path: PathBuf,
+    maintain_fingerprints: bool,
 }
 
 /// The page cache of a node's database.
@@ -342,6 +356,17 @@ impl RedbStore {
         Ok(RedbStore {
             db: Arc::new(db),
             path: path.to_path_buf(),
+            maintain_fingerprints: true,
+        })
+    }
+
+    /// Opens the store like [`RedbStore::open`] but does not maintain fingerprints: only
+    /// for measuring what their maintenance costs (`scripts/bench-verify.sh`); its
+    /// fingerprints are wrong until [`Store::rebuild_fingerprints`].
+    pub fn open_for_measurement_without_fingerprints(path: &Path) -> Result<RedbStore, StoreError> {
+        Ok(RedbStore {
+            maintain_fingerprints: false,
+            ..RedbStore::open(path)?
         })
     }
 
@@ -542,7 +567,7 @@ impl Store for RedbStore {
             let mut meta = txn.open_table(META).during(OP)?;
             // One generation per item with a value, refused or not: unused numbers are free.
             let mut next_generation = allocate_generations(&mut meta, with_chunks, OP)?;
-            let mut tables = RecordTables::open(&txn, OP)?;
+            let mut tables = RecordTables::open(&txn, OP, self.maintain_fingerprints)?;
             for i in order {
                 let item = &items[i];
                 let old = read_row(&tables.versions, &item.id, OP)?;
@@ -596,6 +621,7 @@ impl Store for RedbStore {
         txn.commit().during(OP)?;
         Ok(Box::new(RedbUpload {
             db: Arc::clone(&self.db),
+            maintain_fingerprints: self.maintain_fingerprints,
             id,
             version,
             generation,
@@ -631,7 +657,7 @@ impl Store for RedbStore {
         let mut txn = self.db.begin_write().during(OP)?;
         txn.set_durability(Durability::Immediate).during(OP)?;
         let removed = {
-            let mut tables = RecordTables::open(&txn, OP)?;
+            let mut tables = RecordTables::open(&txn, OP, self.maintain_fingerprints)?;
             match read_row(&tables.versions, id, OP)? {
                 Some(row) if row.record.version == *version => {
                     tables.versions.remove(&id.0).during(OP)?;
@@ -656,7 +682,7 @@ impl Store for RedbStore {
         let mut txn = self.db.begin_write().during(OP)?;
         txn.set_durability(Durability::Immediate).during(OP)?;
         let (holds, changed) = {
-            let mut tables = RecordTables::open(&txn, OP)?;
+            let mut tables = RecordTables::open(&txn, OP, self.maintain_fingerprints)?;
             match read_row(&tables.versions, id, OP)? {
                 Some(row) if row.record.version == *version && !row.record.corrupt => {
                     let marked = VersionRow {
@@ -732,6 +758,7 @@ impl Store for RedbStore {
 /// one chunk in memory whatever the value's size.
 struct RedbUpload {
     db: Arc<Database>,
+    maintain_fingerprints: bool,
     id: Id,
     version: Version,
     generation: u64,
@@ -820,7 +847,7 @@ impl Upload for RedbUpload {
         let mut txn = self.db.begin_write().during(OP)?;
         txn.set_durability(Durability::Immediate).during(OP)?;
         let outcome = {
-            let mut tables = RecordTables::open(&txn, OP)?;
+            let mut tables = RecordTables::open(&txn, OP, self.maintain_fingerprints)?;
             let mut uploads = txn.open_table(UPLOADS).during(OP)?;
             let old = read_row(&tables.versions, &self.id, OP)?;
             let outcome = match old {
