@@ -213,36 +213,28 @@ fn write_chunks(
 struct FingerprintDelta(BTreeMap<u16, Fingerprint>);
 
 impl FingerprintDelta {
-    fn entry(
-        &mut self,
-        table: &FingerprintsTable<'_>,
-        partition: u16,
-        op: &'static str,
-    ) -> Result<&mut Fingerprint, StoreError> {
-        use std::collections::btree_map::Entry;
-        match self.0.entry(partition) {
-            Entry::Occupied(e) => Ok(e.into_mut()),
-            Entry::Vacant(e) => {
-                let stored = table
-                    .get(partition)
-                    .during(op)?
-                    .map_or(Fingerprint::EMPTY, |row| {
-                        Fingerprint::from_bytes(row.value())
-                    });
-                Ok(e.insert(stored))
-            }
-        }
+    /// The fingerprint of `partition` as this transaction leaves it, starting from the
+    /// committed one in the mirror (no table read).
+    fn entry(&mut self, mirror: &[Fingerprint], partition: u16) -> &mut Fingerprint {
+        self.0
+            .entry(partition)
+            .or_insert_with(|| mirror[usize::from(partition)])
     }
 
-    fn write(self, table: &mut FingerprintsTable<'_>, op: &'static str) -> Result<(), StoreError> {
-        for (partition, fp) in self.0 {
-            if fp == Fingerprint::EMPTY {
-                table.remove(partition).during(op)?;
+    /// Writes the changed rows; returns them, for the mirror once the transaction commits.
+    fn write(
+        self,
+        table: &mut FingerprintsTable<'_>,
+        op: &'static str,
+    ) -> Result<BTreeMap<u16, Fingerprint>, StoreError> {
+        for (partition, fp) in &self.0 {
+            if *fp == Fingerprint::EMPTY {
+                table.remove(*partition).during(op)?;
             } else {
-                table.insert(partition, &fp.to_bytes()).during(op)?;
+                table.insert(*partition, &fp.to_bytes()).during(op)?;
             }
         }
-        Ok(())
+        Ok(self.0)
     }
 }
 
@@ -252,6 +244,8 @@ struct RecordTables<'t> {
     chunks: ChunksTable<'t>,
     fingerprints: FingerprintsTable<'t>,
     delta: FingerprintDelta,
+    /// The committed fingerprints (the caller holds the mirror's lock for the transaction).
+    mirror: &'t [Fingerprint],
     /// False only in a store opened for measuring what fingerprints cost.
     maintain: bool,
 }
@@ -260,6 +254,7 @@ impl<'t> RecordTables<'t> {
     fn open(
         txn: &'t WriteTransaction,
         op: &'static str,
+        mirror: &'t [Fingerprint],
         maintain: bool,
     ) -> Result<Self, StoreError> {
         Ok(RecordTables {
@@ -267,6 +262,7 @@ impl<'t> RecordTables<'t> {
             chunks: txn.open_table(CHUNKS).during(op)?,
             fingerprints: txn.open_table(FINGERPRINTS).during(op)?,
             delta: FingerprintDelta::default(),
+            mirror,
             maintain,
         })
     }
@@ -280,8 +276,9 @@ impl<'t> RecordTables<'t> {
         if !self.maintain {
             return Ok(());
         }
+        let _ = op;
         self.delta
-            .entry(&self.fingerprints, id.partition(), op)?
+            .entry(self.mirror, id.partition())
             .insert_record(id, record);
         Ok(())
     }
@@ -295,8 +292,9 @@ impl<'t> RecordTables<'t> {
         if !self.maintain {
             return Ok(());
         }
+        let _ = op;
         self.delta
-            .entry(&self.fingerprints, id.partition(), op)?
+            .entry(self.mirror, id.partition())
             .remove_record(id, record);
         Ok(())
     }
@@ -321,9 +319,43 @@ impl<'t> RecordTables<'t> {
         Ok(())
     }
 
-    /// Writes the fingerprint changes; the tables close when this returns.
-    fn finish(mut self, op: &'static str) -> Result<(), StoreError> {
+    /// Writes the fingerprint changes; the tables close when this returns. The changed
+    /// fingerprints go to the mirror once the transaction commits ([`Mirror::apply`]).
+    fn finish(mut self, op: &'static str) -> Result<BTreeMap<u16, Fingerprint>, StoreError> {
         std::mem::take(&mut self.delta).write(&mut self.fingerprints, op)
+    }
+}
+
+/// The committed per-partition fingerprints, in memory (2.6 MB): a write reads the rows it
+/// changes from here instead of the table, and `partition_fingerprints` answers from here.
+/// A writer holds the lock from before its transaction begins until the mirror has its
+/// changes, so the mirror never lags a commit another writer could see.
+#[derive(Debug, Clone)]
+struct Mirror(Arc<std::sync::Mutex<Vec<Fingerprint>>>);
+
+impl Mirror {
+    fn load(db: &Database) -> Result<Mirror, StoreError> {
+        const OP: &str = "load fingerprints";
+        let mut all = vec![Fingerprint::EMPTY; 1 << 16];
+        let txn = db.begin_read().during(OP)?;
+        let table = txn.open_table(FINGERPRINTS).during(OP)?;
+        for row in table.iter().during(OP)? {
+            let (k, v) = row.during(OP)?;
+            all[usize::from(k.value())] = Fingerprint::from_bytes(v.value());
+        }
+        Ok(Mirror(Arc::new(std::sync::Mutex::new(all))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Fingerprint>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn apply(mirror: &mut [Fingerprint], changes: BTreeMap<u16, Fingerprint>) {
+        for (p, fp) in changes {
+            mirror[usize::from(p)] = fp;
+        }
     }
 }
 
@@ -333,6 +365,7 @@ pub struct RedbStore {
     db: Arc<Database>,
     path: PathBuf,
     maintain_fingerprints: bool,
+    mirror: Mirror,
 }
 
 /// The page cache of a node's database.
@@ -353,10 +386,12 @@ impl RedbStore {
             .create(path)
             .map_err(|e| open_error(Box::new(e)))?;
         prepare(&db).map_err(open_error)?;
+        let mirror = Mirror::load(&db)?;
         Ok(RedbStore {
             db: Arc::new(db),
             path: path.to_path_buf(),
             maintain_fingerprints: true,
+            mirror,
         })
     }
 
@@ -416,6 +451,7 @@ impl RedbStore {
     /// to restore it.
     pub fn debug_damage_fingerprints(&self) -> Result<(), StoreError> {
         const OP: &str = "debug_damage_fingerprints";
+        let mut mirror = self.mirror.lock();
         let txn = self.db.begin_write().during(OP)?;
         {
             let mut table = txn.open_table(FINGERPRINTS).during(OP)?;
@@ -437,7 +473,10 @@ impl RedbStore {
                 table.insert(empty, &garbage).during(OP)?;
             }
         }
-        txn.commit().during(OP)
+        txn.commit().during(OP)?;
+        // The mirror shows what the table holds, damage included.
+        *mirror = Mirror::load(&self.db)?.lock().clone();
+        Ok(())
     }
 }
 
@@ -556,6 +595,7 @@ impl Store for RedbStore {
             })
             .collect();
         let with_chunks = items.iter().filter(|item| !item.value.is_empty()).count() as u64;
+        let mut mirror = self.mirror.lock();
         let mut txn = self.db.begin_write().during(OP)?;
         txn.set_durability(Durability::Immediate).during(OP)?;
         // Visit the items in id order, so the version pages they touch are visited in order;
@@ -563,11 +603,11 @@ impl Store for RedbStore {
         let mut order: Vec<usize> = (0..items.len()).collect();
         order.sort_by_key(|&i| items[i].id);
         let mut outcomes = vec![PutOutcome::Written; items.len()];
-        {
+        let changes = {
             let mut meta = txn.open_table(META).during(OP)?;
             // One generation per item with a value, refused or not: unused numbers are free.
             let mut next_generation = allocate_generations(&mut meta, with_chunks, OP)?;
-            let mut tables = RecordTables::open(&txn, OP, self.maintain_fingerprints)?;
+            let mut tables = RecordTables::open(&txn, OP, &mirror, self.maintain_fingerprints)?;
             for i in order {
                 let item = &items[i];
                 let old = read_row(&tables.versions, &item.id, OP)?;
@@ -598,9 +638,10 @@ impl Store for RedbStore {
                     }
                 };
             }
-            tables.finish(OP)?;
-        }
+            tables.finish(OP)?
+        };
         txn.commit().during(OP)?;
+        Mirror::apply(&mut mirror, changes);
         Ok(outcomes)
     }
 
@@ -621,6 +662,7 @@ impl Store for RedbStore {
         txn.commit().during(OP)?;
         Ok(Box::new(RedbUpload {
             db: Arc::clone(&self.db),
+            mirror: self.mirror.clone(),
             maintain_fingerprints: self.maintain_fingerprints,
             id,
             version,
@@ -654,35 +696,37 @@ impl Store for RedbStore {
 
     fn remove_exact(&self, id: &Id, version: &Version) -> Result<bool, StoreError> {
         const OP: &str = "remove_exact";
+        let mut mirror = self.mirror.lock();
         let mut txn = self.db.begin_write().during(OP)?;
         txn.set_durability(Durability::Immediate).during(OP)?;
-        let removed = {
-            let mut tables = RecordTables::open(&txn, OP, self.maintain_fingerprints)?;
+        let changes = {
+            let mut tables = RecordTables::open(&txn, OP, &mirror, self.maintain_fingerprints)?;
             match read_row(&tables.versions, id, OP)? {
                 Some(row) if row.record.version == *version => {
                     tables.versions.remove(&id.0).during(OP)?;
                     delete_chunks(&mut tables.chunks, row.generation, OP)?;
                     tables.fingerprint_remove(id, &row.record, OP)?;
-                    tables.finish(OP)?;
-                    true
+                    Some(tables.finish(OP)?)
                 }
-                _ => false,
+                _ => None,
             }
         };
-        if removed {
-            txn.commit().during(OP)?;
-        } else {
+        let Some(changes) = changes else {
             txn.abort().during(OP)?;
-        }
-        Ok(removed)
+            return Ok(false);
+        };
+        txn.commit().during(OP)?;
+        Mirror::apply(&mut mirror, changes);
+        Ok(true)
     }
 
     fn mark_corrupt(&self, id: &Id, version: &Version) -> Result<bool, StoreError> {
         const OP: &str = "mark_corrupt";
+        let mut mirror = self.mirror.lock();
         let mut txn = self.db.begin_write().during(OP)?;
         txn.set_durability(Durability::Immediate).during(OP)?;
         let (holds, changed) = {
-            let mut tables = RecordTables::open(&txn, OP, self.maintain_fingerprints)?;
+            let mut tables = RecordTables::open(&txn, OP, &mirror, self.maintain_fingerprints)?;
             match read_row(&tables.versions, id, OP)? {
                 Some(row) if row.record.version == *version && !row.record.corrupt => {
                     let marked = VersionRow {
@@ -693,18 +737,19 @@ impl Store for RedbStore {
                         ..row
                     };
                     tables.replace(id, Some(row), marked, OP)?;
-                    tables.finish(OP)?;
-                    (true, true)
+                    (true, Some(tables.finish(OP)?))
                 }
                 // Already marked: nothing to change.
-                Some(row) if row.record.version == *version => (true, false),
-                _ => (false, false),
+                Some(row) if row.record.version == *version => (true, None),
+                _ => (false, None),
             }
         };
-        if changed {
-            txn.commit().during(OP)?;
-        } else {
-            txn.abort().during(OP)?;
+        match changed {
+            Some(changes) => {
+                txn.commit().during(OP)?;
+                Mirror::apply(&mut mirror, changes);
+            }
+            None => txn.abort().during(OP)?,
         }
         Ok(holds)
     }
@@ -714,22 +759,16 @@ impl Store for RedbStore {
         first: u16,
         last: u16,
     ) -> Result<Vec<Fingerprint>, StoreError> {
-        const OP: &str = "partition_fingerprints";
         if first > last {
             return Ok(Vec::new());
         }
-        let mut out = vec![Fingerprint::EMPTY; usize::from(last - first) + 1];
-        let txn = self.db.begin_read().during(OP)?;
-        let table = txn.open_table(FINGERPRINTS).during(OP)?;
-        for row in table.range(first..=last).during(OP)? {
-            let (partition, fp) = row.during(OP)?;
-            out[usize::from(partition.value() - first)] = Fingerprint::from_bytes(fp.value());
-        }
-        Ok(out)
+        // The mirror holds exactly the committed table (see [`Mirror`]).
+        Ok(self.mirror.lock()[usize::from(first)..=usize::from(last)].to_vec())
     }
 
     fn rebuild_fingerprints(&self) -> Result<(), StoreError> {
         const OP: &str = "rebuild_fingerprints";
+        let mut mirror = self.mirror.lock();
         let mut txn = self.db.begin_write().during(OP)?;
         txn.set_durability(Durability::Immediate).during(OP)?;
         {
@@ -750,7 +789,9 @@ impl Store for RedbStore {
                 table.insert(*partition, &fp.to_bytes()).during(OP)?;
             }
         }
-        txn.commit().during(OP)
+        txn.commit().during(OP)?;
+        *mirror = Mirror::load(&self.db)?.lock().clone();
+        Ok(())
     }
 }
 
@@ -758,6 +799,7 @@ impl Store for RedbStore {
 /// one chunk in memory whatever the value's size.
 struct RedbUpload {
     db: Arc<Database>,
+    mirror: Mirror,
     maintain_fingerprints: bool,
     id: Id,
     version: Version,
@@ -844,10 +886,12 @@ impl Upload for RedbUpload {
             self.received,
             self.hasher.finalize().as_bytes(),
         );
+        let mirror_handle = self.mirror.clone();
+        let mut mirror = mirror_handle.lock();
         let mut txn = self.db.begin_write().during(OP)?;
         txn.set_durability(Durability::Immediate).during(OP)?;
-        let outcome = {
-            let mut tables = RecordTables::open(&txn, OP, self.maintain_fingerprints)?;
+        let (outcome, changes) = {
+            let mut tables = RecordTables::open(&txn, OP, &mirror, self.maintain_fingerprints)?;
             let mut uploads = txn.open_table(UPLOADS).during(OP)?;
             let old = read_row(&tables.versions, &self.id, OP)?;
             let outcome = match old {
@@ -883,10 +927,10 @@ impl Upload for RedbUpload {
                 delete_chunks(&mut tables.chunks, self.generation, OP)?;
             }
             uploads.remove(self.generation).during(OP)?;
-            tables.finish(OP)?;
-            outcome
+            (outcome, tables.finish(OP)?)
         };
         txn.commit().during(OP)?;
+        Mirror::apply(&mut mirror, changes);
         self.finished = true;
         Ok(outcome)
     }
