@@ -18,6 +18,7 @@ mod node;
 mod recover;
 mod route_cmd;
 mod scan;
+mod schedule;
 mod scrub;
 mod verify;
 
@@ -69,6 +70,9 @@ enum Command {
     Route(route_cmd::RouteArgs),
     /// A local 3-group cluster in a temp dir: loaded, diverged, verified, repaired by dc.
     Demo(demo::DemoArgs),
+    /// Run verify, dc and merge jobs periodically from a TOML file: incremental, resumable,
+    /// one run per job at a time, rate-limited, with stats, a history and metrics.
+    Schedule(schedule::ScheduleArgs),
 }
 
 /// Runs `mend` with the built-in policies.
@@ -116,6 +120,7 @@ fn run(cli: Cli, registry: &mend_policies::Registry) -> anyhow::Result<ExitCode>
         Command::Scan(args) => scan::run(args),
         Command::Route(args) => route_cmd::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Schedule(args) => schedule::run(args, registry),
     }
 }
 
