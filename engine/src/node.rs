@@ -113,6 +113,26 @@ fn start_writer(store: Arc<dyn Store>, node: &str) -> std::sync::mpsc::SyncSende
     tx
 }
 
+/// Hands `items` to the writer thread and waits for their outcomes.
+async fn group_commit(
+    writer: &std::sync::mpsc::SyncSender<PendingBatch>,
+    items: Vec<crate::wire::BatchItem>,
+) -> Result<Vec<crate::store::PutOutcome>, Failure> {
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    let writer = writer.clone();
+    // The writer's queue is bounded; waiting for room happens off the async threads.
+    let queued = tokio::task::spawn_blocking(move || writer.send((items, reply)).is_ok())
+        .await
+        .unwrap_or(false);
+    match (queued, outcome.await) {
+        (true, Ok(r)) => r.map_err(|e| Failure(ErrorKind::Storage, e)),
+        _ => Err(Failure(
+            ErrorKind::Storage,
+            "the node's writer stopped".into(),
+        )),
+    }
+}
+
 /// What a node shares between its connections.
 #[derive(Debug)]
 struct NodeState {
@@ -402,7 +422,9 @@ async fn handle(
             Response::Found(blocking(move || records(&*store, &ranges)).await?)
         }
         Request::Read { id } => return read_value(send, store, id).await,
-        Request::Write { id, version } => return write_value(send, recv, store, id, version).await,
+        Request::Write { id, version } => {
+            return write_value(send, recv, store, &state.writer, id, version).await
+        }
         Request::WriteBatch { items } => {
             let (reply, outcome) = tokio::sync::oneshot::channel();
             let writer = state.writer.clone();
@@ -707,6 +729,7 @@ async fn write_value(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     store: Arc<dyn Store>,
+    writer: &std::sync::mpsc::SyncSender<PendingBatch>,
     id: Id,
     version: crate::Version,
 ) -> Result<(), Failure> {
@@ -730,16 +753,10 @@ async fn write_value(
     let outcome = if version.size <= wire::SMALL_VALUE {
         let mut value = vec![0u8; version.size as usize];
         read_exact(recv, &mut value).await?;
-        blocking(move || {
-            store
-                .put_batch(&[PutItem {
-                    id,
-                    version,
-                    value: &value,
-                }])
-                .map(|mut o| o.remove(0))
-        })
-        .await?
+        // Through the writer thread: concurrent small writes (a recovery run's copies)
+        // share one transaction and one fsync.
+        let item = crate::wire::BatchItem { id, version, value };
+        group_commit(writer, vec![item]).await?.remove(0)
     } else {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(2);
         let writer = tokio::task::spawn_blocking(move || {
