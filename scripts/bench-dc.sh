@@ -38,6 +38,13 @@ dc_row "$N x 1 KiB, $D rewritten in one group: fingerprints" -g 1,2,3
 "$MEND" load -g 2 --count "$D" --start "$D" --size 1024 --timestamp 2000 >/dev/null
 dc_row "same, next $D rewritten: --full-scan" -g 1,2,3 --full-scan
 "$MEND" verify -g 1,2,3 >/dev/null
+# Incremental (what `mend schedule` runs between full compares): D keys rewritten now;
+# the data loaded above carries timestamps from 1970, so -t 10m iterates only new writes.
+"$MEND" load -g 2 --count "$D" --start $((2 * D)) --size 1024 >/dev/null
+dc_row "same, next $D rewritten: -t 10m (incremental)" -g 1,2,3 -t 10m
+"$MEND" load -g 2 --count "$D" --start $((3 * D)) --size 1024 >/dev/null
+dc_row "same, next $D rewritten: fingerprints (full compare)" -g 1,2,3
+"$MEND" verify -g 1,2,3 >/dev/null
 stop_cluster
 
 COUNT=$((BULK / 65536))
