@@ -6,29 +6,7 @@ mod support;
 use std::collections::BTreeSet;
 
 use mend_engine::{Record, Version};
-use support::Cluster;
-
-/// The seven states a group can hold: absent, or live/tombstone at timestamp 1, 2 or 3
-/// (older, same, newer). The same (state, timestamp) is the same version in every group.
-fn state(i: usize) -> Option<(bool, u64)> {
-    match i {
-        0 => None,
-        i => Some((i > 3, ((i - 1) % 3 + 1) as u64)),
-    }
-}
-
-fn version_of(s: Option<(bool, u64)>) -> Option<Version> {
-    s.map(|(tomb, ts)| {
-        if tomb {
-            Version::tombstone(ts)
-        } else {
-            Version::of_value(format!("value@{ts}").as_bytes(), ts, 0)
-        }
-    })
-}
-
-/// One group's state of a key: absent, or (tombstone?, timestamp).
-type GroupState = Option<(bool, u64)>;
+use support::{state, version_of, Cluster, GroupState};
 
 /// A write that builds a case: (group, key, value, timestamp, tombstone).
 type Write = (u32, String, Vec<u8>, u64, bool);

@@ -3,28 +3,8 @@
 
 mod support;
 
-use mend_engine::{Record, Version};
-use support::Cluster;
-
-type GroupState = Option<(bool, u64)>;
-
-/// Absent, or live/tombstone at timestamp 1, 2, 3.
-fn state(i: usize) -> GroupState {
-    match i {
-        0 => None,
-        i => Some((i > 3, ((i - 1) % 3 + 1) as u64)),
-    }
-}
-
-fn version_of(s: GroupState) -> Option<Version> {
-    s.map(|(tomb, ts)| {
-        if tomb {
-            Version::tombstone(ts)
-        } else {
-            Version::of_value(format!("value@{ts}").as_bytes(), ts, 0)
-        }
-    })
-}
+use mend_engine::Record;
+use support::{state, version_of, Cluster, GroupState};
 
 /// The 48 cases with a misplaced copy (the improper node holds something), on a group of
 /// two nodes: (key, improper state, owner state).

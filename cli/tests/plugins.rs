@@ -11,7 +11,7 @@ mod support;
 use std::path::PathBuf;
 
 use mend_engine::{Id, Record, Version};
-use support::Cluster;
+use support::{state, version_of, Cluster};
 
 fn plugin(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -43,24 +43,6 @@ fn live(value: &str, ts: u64) -> Option<Version> {
 
 fn held(r: &Option<Record>) -> Option<Version> {
     r.filter(|r| !r.corrupt).map(|r| r.version)
-}
-
-/// The seven states a group can hold: absent, or live/tombstone at timestamp 1, 2 or 3.
-fn state(i: usize) -> Option<(bool, u64)> {
-    match i {
-        0 => None,
-        i => Some((i > 3, ((i - 1) % 3 + 1) as u64)),
-    }
-}
-
-fn version_of(s: Option<(bool, u64)>) -> Option<Version> {
-    s.map(|(tomb, ts)| {
-        if tomb {
-            Version::tombstone(ts)
-        } else {
-            Version::of_value(format!("value@{ts}").as_bytes(), ts, 0)
-        }
-    })
 }
 
 #[test]

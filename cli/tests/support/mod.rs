@@ -179,6 +179,19 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
+impl Cluster {
+    /// A client of the cluster through the engine (certificates and route list from the
+    /// cluster dir), for building and reading exact states faster than the CLI could.
+    pub async fn engine_client(&self) -> mend_engine::client::Client {
+        use mend_engine::client::{Bootstrap, Client};
+        let creds = mend_engine::pki::Credentials::for_client(&self.path()).unwrap();
+        let route = mend_engine::RouteList::load(&self.path()).unwrap();
+        Client::connect(&creds, Bootstrap::Route(route))
+            .await
+            .unwrap()
+    }
+}
+
 /// Nodes run one per process, so one can be killed alone.
 pub struct NodeProcs {
     pub procs: std::collections::BTreeMap<String, Child>,
@@ -215,15 +228,11 @@ impl Cluster {
     /// Writes exact versions through the engine's client (fast, for building hundreds of
     /// precisely divergent keys): (group, key, value, timestamp, tombstone).
     pub fn write_versions(&self, items: &[(u32, String, Vec<u8>, u64, bool)]) {
-        use mend_engine::client::{BatchWriter, Bootstrap, Client};
+        use mend_engine::client::BatchWriter;
         use mend_engine::wire::BatchItem;
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let creds = mend_engine::pki::Credentials::for_client(&self.path()).unwrap();
-            let route = mend_engine::RouteList::load(&self.path()).unwrap();
-            let client = Client::connect(&creds, Bootstrap::Route(route))
-                .await
-                .unwrap();
+            let client = self.engine_client().await;
             let mut w = BatchWriter::new(&client, 256, 4, Box::new(|_| {}));
             for (group, key, value, ts, tomb) in items {
                 let id = mend_engine::Id::from_key(key.as_bytes());
@@ -249,14 +258,9 @@ impl Cluster {
         groups: &[u32],
         keys: &[String],
     ) -> Vec<Vec<Option<mend_engine::Record>>> {
-        use mend_engine::client::{Bootstrap, Client};
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let creds = mend_engine::pki::Credentials::for_client(&self.path()).unwrap();
-            let route = mend_engine::RouteList::load(&self.path()).unwrap();
-            let client = Client::connect(&creds, Bootstrap::Route(route))
-                .await
-                .unwrap();
+            let client = self.engine_client().await;
             let ids: Vec<mend_engine::Id> = keys
                 .iter()
                 .map(|k| mend_engine::Id::from_key(k.as_bytes()))
@@ -294,15 +298,10 @@ impl Cluster {
     /// Writes exact versions to a given node, whoever owns the key (how misplaced copies
     /// are made on purpose): (node, key, value, timestamp, tombstone).
     pub fn write_on_nodes(&self, items: &[(String, String, Vec<u8>, u64, bool)]) {
-        use mend_engine::client::{Bootstrap, Client};
         use mend_engine::wire::BatchItem;
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let creds = mend_engine::pki::Credentials::for_client(&self.path()).unwrap();
-            let route = mend_engine::RouteList::load(&self.path()).unwrap();
-            let client = Client::connect(&creds, Bootstrap::Route(route))
-                .await
-                .unwrap();
+            let client = self.engine_client().await;
             for (node, key, value, ts, tomb) in items {
                 let id = mend_engine::Id::from_key(key.as_bytes());
                 let version = if *tomb {
@@ -327,14 +326,9 @@ impl Cluster {
 
     /// What `node` itself holds for each of `keys`.
     pub fn records_on(&self, node: &str, keys: &[String]) -> Vec<Option<mend_engine::Record>> {
-        use mend_engine::client::{Bootstrap, Client};
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let creds = mend_engine::pki::Credentials::for_client(&self.path()).unwrap();
-            let route = mend_engine::RouteList::load(&self.path()).unwrap();
-            let client = Client::connect(&creds, Bootstrap::Route(route))
-                .await
-                .unwrap();
+            let client = self.engine_client().await;
             let ids: Vec<mend_engine::Id> = keys
                 .iter()
                 .map(|k| mend_engine::Id::from_key(k.as_bytes()))
@@ -353,4 +347,27 @@ impl Cluster {
             .id
             .clone()
     }
+}
+
+/// One replica's state of a key in the combination tests: absent, or (tombstone?, timestamp).
+pub type GroupState = Option<(bool, u64)>;
+
+/// The seven states of the combination tests: absent, or live/tombstone at timestamp 1, 2
+/// or 3 (older, same, newer). The same (state, timestamp) is the same version everywhere.
+pub fn state(i: usize) -> GroupState {
+    match i {
+        0 => None,
+        i => Some((i > 3, ((i - 1) % 3 + 1) as u64)),
+    }
+}
+
+/// The version a state stands for: a tombstone, or the value `value@TS`.
+pub fn version_of(s: GroupState) -> Option<mend_engine::Version> {
+    s.map(|(tomb, ts)| {
+        if tomb {
+            mend_engine::Version::tombstone(ts)
+        } else {
+            mend_engine::Version::of_value(format!("value@{ts}").as_bytes(), ts, 0)
+        }
+    })
 }
