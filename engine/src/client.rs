@@ -512,12 +512,7 @@ impl Client {
                     };
                     return Ok((served, outcome));
                 }
-                Err(e) if self.confirm_unreachable(node, &e).await => {
-                    let why = e.to_string();
-                    self.mark_down(&node.id, &why);
-                    unreachable.push((node.id.clone(), why));
-                }
-                Err(e) => return Err(e),
+                Err(e) => self.count_unreachable(node, e, &mut unreachable).await?,
             }
         }
         Err(ClientError::GroupUnreachable {
@@ -556,12 +551,7 @@ impl Client {
                         outcome,
                     ))
                 }
-                Err(e) if self.confirm_unreachable(owner, &e).await => {
-                    let why = e.to_string();
-                    self.mark_down(&owner.id, &why);
-                    unreachable.push((owner.id.clone(), why));
-                }
-                Err(e) => return Err(e),
+                Err(e) => self.count_unreachable(owner, e, &mut unreachable).await?,
             },
         }
         let found = self
@@ -601,12 +591,7 @@ impl Client {
                         return Ok((served, Some(record)));
                     }
                 }
-                Err(e) if self.confirm_unreachable(owner, &e).await => {
-                    let why = e.to_string();
-                    self.mark_down(&owner.id, &why);
-                    unreachable.push((owner.id.clone(), why));
-                }
-                Err(e) => return Err(e),
+                Err(e) => self.count_unreachable(owner, e, &mut unreachable).await?,
             },
         }
         let found = self
@@ -725,6 +710,24 @@ impl Client {
 
     /// Whether `e` from `node` means the node cannot be reached: a failed connect, or a
     /// pooled connection that broke and cannot be made again.
+    /// After a request to `node` failed with `e`: if the node really is unreachable, marks
+    /// it down and adds it to `unreachable` (the caller falls back to the next node);
+    /// otherwise the error stands.
+    async fn count_unreachable(
+        &self,
+        node: &NodeEntry,
+        e: ClientError,
+        unreachable: &mut Vec<(String, String)>,
+    ) -> Result<(), ClientError> {
+        if !self.confirm_unreachable(node, &e).await {
+            return Err(e);
+        }
+        let why = e.to_string();
+        self.mark_down(&node.id, &why);
+        unreachable.push((node.id.clone(), why));
+        Ok(())
+    }
+
     async fn confirm_unreachable(&self, node: &NodeEntry, e: &ClientError) -> bool {
         match e {
             _ if is_connect_failure(e) => true,
