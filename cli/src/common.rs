@@ -140,3 +140,28 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
+
+/// Listens for SIGTERM and SIGINT (call inside the runtime). The first signal runs
+/// `first` (which asks runs to stop after their current batch of keys); a second exits
+/// at once with status 1, leaving what the run journaled for `--resume`.
+pub fn on_signals(first: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Listen before anything runs, so a signal is never missed.
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        first();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("stopping now: an interrupted run resumes from its journal");
+        eprintln!("mend: stopping now (second signal)");
+        std::process::exit(1);
+    });
+    Ok(())
+}

@@ -332,6 +332,7 @@ fn recover(
         max_bytes_per_sec: args.max_bandwidth,
         max_keys_per_sec: args.max_keys_per_sec,
         per_node: args.per_node,
+        stop: run::Stop::default(),
     };
     let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
     let bytes = bars.add(ProgressBar::new_spinner());
@@ -349,6 +350,11 @@ fn recover(
     };
     let started = std::time::Instant::now();
     let report = runtime()?.block_on(async {
+        let stop = config.stop.clone();
+        crate::common::on_signals(move || {
+            eprintln!("mend: stopping after the current batch of keys (signal again to stop now)");
+            stop.request();
+        })?;
         let client = args.cluster.connect().await?;
         // Unknown groups and nodes are input errors, found before any traffic.
         let scope = mend_engine::compare::Scope {
@@ -463,6 +469,15 @@ fn finish(
     report: &RunReport,
     run_dir: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
+    if report.stopped {
+        eprintln!(
+            "mend: stopped by a signal; the rest of the run resumes with --resume {}",
+            run_dir.display()
+        );
+        if report.failed.is_empty() && report.failed_ranges.is_empty() {
+            return Ok(ExitCode::from(1));
+        }
+    }
     if report.converged() {
         if !args.keep_tmp {
             let _ = std::fs::remove_dir_all(run_dir);

@@ -5,8 +5,9 @@
 //!
 //! Three ways to run it:
 //! - `mend schedule --config FILE`: long-lived; each job runs at its times; SIGTERM or
-//!   SIGINT lets the runs in progress finish, then exits 0 (a second signal exits at once;
-//!   the interrupted run is resumed by the job's next run);
+//!   SIGINT lets the runs in progress finish their current batch of keys, records them as
+//!   stopped and exits 0 (a second signal exits at once); the job's next run resumes an
+//!   interrupted run where its journal ends;
 //! - `mend schedule --config FILE --once JOB`: one run now, for cron or a systemd timer;
 //! - `mend schedule --config FILE status`: the jobs, their last runs and next run times.
 //!
@@ -25,6 +26,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use mend_engine::run;
 
 use config::{show_duration, ScheduleConfig};
 use state::{Holder, JobLock, JobState, LockError};
@@ -77,12 +79,15 @@ pub fn run(args: ScheduleArgs, registry: &mend_policies::Registry) -> anyhow::Re
             let job = config.job(name)?;
             job.cluster.check_dir()?;
             crate::common::init_logging("info");
-            let ran = crate::common::runtime()?.block_on(job::run_once(
-                &config,
-                job,
-                registry,
-                metrics_file.as_deref(),
-            ));
+            let ran = crate::common::runtime()?.block_on(async {
+                let stop = run::Stop::default();
+                let stopping = stop.clone();
+                crate::common::on_signals(move || {
+                    tracing::info!("stopping after the current batch (signal again to stop now)");
+                    stopping.request();
+                })?;
+                job::run_once(&config, job, registry, metrics_file.as_deref(), &stop).await
+            });
             match ran {
                 Ok(last) => Ok(ExitCode::from(last.exit_status)),
                 Err(e) => match e.downcast_ref::<LockError>() {
@@ -111,25 +116,16 @@ async fn scheduler(
     registry: &mend_policies::Registry,
     metrics_file: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    use tokio::signal::unix::{signal, SignalKind};
-    // Listen before anything runs, so a signal is never missed.
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("stopping: runs in progress finish first (signal again to stop now)");
+    let stop_runs = run::Stop::default();
+    let stopping = stop_runs.clone();
+    crate::common::on_signals(move || {
+        tracing::info!(
+            "stopping: runs in progress finish their current batch (signal again to stop now)"
+        );
+        stopping.request();
         let _ = stop_tx.send(true);
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("stopping now: an interrupted run is resumed by its job's next run");
-        std::process::exit(1);
-    });
+    })?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create the state dir {}", config.state_dir.display()))?;
     if let Some(path) = &metrics_file {
@@ -143,6 +139,7 @@ async fn scheduler(
     let host = timing::host_name();
     let loops = config.jobs.iter().map(|job| {
         let mut stop = stop.clone();
+        let stop_runs = stop_runs.clone();
         let host = host.clone();
         let metrics_file = metrics_file.clone();
         async move {
@@ -167,7 +164,8 @@ async fn scheduler(
                     _ = stop.changed() => return,
                 }
                 let started = jiff::Timestamp::now();
-                match job::run_once(config, job, registry, metrics_file.as_deref()).await {
+                let ran = job::run_once(config, job, registry, metrics_file.as_deref(), &stop_runs);
+                match ran.await {
                     Ok(_) => not_before = jiff::Timestamp::UNIX_EPOCH,
                     Err(e) => {
                         match e.downcast_ref::<LockError>() {

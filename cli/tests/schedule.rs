@@ -193,13 +193,16 @@ full_every_runs = 3
         );
     }
 
-    // The history has one line per run, all converged, incremental between full ones.
+    // The history has one line per run, all converged (but the last one, if SIGTERM
+    // stopped it), incremental between full ones.
     let rows = history(&c);
     let state = status_json(&c, &config);
     assert_eq!(state["jobs"][0]["runs"].as_u64(), Some(rows.len() as u64));
     assert!(rows.len() >= 7, "{rows:?}");
+    let stopped = usize::from(rows.last().unwrap()["exit_status"] == "1");
     assert!(
-        rows.iter()
+        rows[..rows.len() - stopped]
+            .iter()
             .all(|r| r["job"] == "dc-often" && r["exit_status"] == "0"),
         "{rows:?}"
     );
@@ -361,6 +364,58 @@ fn a_dc_run_killed_halfway_resumes_without_repeating_done_ranges() {
 }
 
 #[test]
+fn sigterm_stops_a_dc_run_after_its_current_batch_and_it_resumes() {
+    let c = Cluster::start(3, 1);
+    let keys = one_sided_keys(&c, 1000);
+    let tmp = c.dir.path().join("runs");
+    std::fs::create_dir(&tmp).unwrap();
+    let log = c.dir.path().join("dc.log");
+    let mut dc = c
+        .mend()
+        .args(["dc", "-g", "1,2,3", "-b", "16", "--max-keys-per-sec", "200"])
+        .arg("--tmp-dir")
+        .arg(&tmp)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut run_dir = None;
+    wait_for("a journaled range batch", &mut dc, || {
+        run_dir = std::fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .next();
+        run_dir.as_deref().is_some_and(|d| !journal(d).is_empty())
+    });
+    sigterm(&dc);
+    let status = wait_exit(&mut dc);
+    let err = std::fs::read_to_string(&log).unwrap();
+    let run_dir = run_dir.unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("--resume {}", run_dir.display())),
+        "{err}"
+    );
+    let before = journal(&run_dir);
+    assert!((1..16).contains(&before.len()), "{before:?}");
+
+    let out = c.run(&["dc", "-g", "1,2,3", "--stats", "json", "--resume"]);
+    assert_eq!(out.status.code(), Some(2), "--resume needs a run dir");
+    let resume = run_dir.to_str().unwrap();
+    let out = c.run(&["dc", "-g", "1,2,3", "--stats", "json", "--resume", resume]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        stats["ranges_resumed"].as_u64(),
+        Some(before.len() as u64),
+        "{stats}"
+    );
+    assert_everywhere(&c, &keys);
+}
+
+#[test]
 fn the_scheduler_resumes_a_run_killed_halfway() {
     let c = Cluster::start(3, 1);
     let keys = one_sided_keys(&c, 1000);
@@ -374,21 +429,7 @@ interval = "1h"
     let config = schedule_file(&c, &format!("{job}max_keys_per_sec = 500\n"));
     let log = c.dir.path().join("once.log");
     let mut once = spawn_schedule(&c, &config, &["--once", "dc"], &log);
-    let state_file = state_dir(&c).join("dc/state.json");
-    let mut run_dir = PathBuf::new();
-    wait_for("a journaled range batch", &mut once, || {
-        let Ok(text) = std::fs::read_to_string(&state_file) else {
-            return false;
-        };
-        let state: serde_json::Value = serde_json::from_str(&text).unwrap();
-        match state["current"]["run_dir"].as_str() {
-            Some(dir) => {
-                run_dir = PathBuf::from(dir);
-                !journal(&run_dir).is_empty()
-            }
-            None => false,
-        }
-    });
+    let run_dir = await_journaled_run(&c, "dc", &mut once);
     let pid = once.id();
     once.kill().unwrap();
     once.wait().unwrap();
@@ -448,6 +489,96 @@ interval = "1h"
         j["interrupted_run"].is_null() && j["stale_lock"].is_null(),
         "{j}"
     );
+    assert_everywhere(&c, &keys);
+}
+
+/// Polls the job's state until its current run has journaled a range batch; its run dir.
+fn await_journaled_run(c: &Cluster, job: &str, child: &mut Child) -> PathBuf {
+    let state_file = state_dir(c).join(job).join("state.json");
+    let mut run_dir = PathBuf::new();
+    wait_for("a journaled range batch", child, || {
+        let Ok(text) = std::fs::read_to_string(&state_file) else {
+            return false;
+        };
+        let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+        match state["current"]["run_dir"].as_str() {
+            Some(dir) => {
+                run_dir = PathBuf::from(dir);
+                !journal(&run_dir).is_empty()
+            }
+            None => false,
+        }
+    });
+    run_dir
+}
+
+#[test]
+fn sigterm_stops_the_scheduler_after_the_current_batch_and_the_next_run_resumes() {
+    let c = Cluster::start(3, 1);
+    let keys = one_sided_keys(&c, 1000);
+    let job = r#"
+[[job]]
+name = "dc"
+kind = "dc"
+groups = [1, 2, 3]
+interval = "1h"
+batch = 16
+"#;
+    // Slow (5 s for the whole run), so SIGTERM certainly lands in the middle of it.
+    let config = schedule_file(&c, &format!("{job}max_keys_per_sec = 200\n"));
+    let log = c.dir.path().join("scheduler.log");
+    let mut scheduler = spawn_schedule(&c, &config, &[], &log);
+    let run_dir = await_journaled_run(&c, "dc", &mut scheduler);
+    sigterm(&scheduler);
+    let status = wait_exit(&mut scheduler);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains("finish their current batch"), "{text}");
+    assert!(text.contains("scheduler stopped"), "{text}");
+
+    // It stopped after a batch, not after the run: range batches are left, the run dir
+    // is kept, and the run is recorded as stopped.
+    let before = journal(&run_dir);
+    assert!((1..16).contains(&before.len()), "{before:?}\n{text}");
+    assert!(run_dir.join("run.json").is_file());
+    let rows = history(&c);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["exit_status"], "1", "{rows:?}");
+    let j = &status_json(&c, &config)["jobs"][0];
+    assert_eq!(
+        j["interrupted_run"].as_str(),
+        Some(run_dir.to_str().unwrap()),
+        "{j}"
+    );
+    assert!(
+        j["last_run"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stopped by a signal")),
+        "{j}"
+    );
+
+    // The next run resumes where the journal ends and converges.
+    let config = schedule_file(&c, job);
+    let out = c.run(&[
+        "schedule",
+        "--config",
+        config.to_str().unwrap(),
+        "--once",
+        "dc",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("resuming the run"), "{err}");
+    let rows = history(&c);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[1]["source"], "full, resumed");
+    assert_eq!(rows[1]["exit_status"], "0");
+    let indexes = journal_indexes(&before);
+    assert_eq!(
+        indexes.iter().copied().collect::<BTreeSet<usize>>().len(),
+        indexes.len()
+    );
+    assert!(!run_dir.exists(), "the finished run's dir is removed");
     assert_everywhere(&c, &keys);
 }
 

@@ -10,6 +10,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
@@ -84,6 +86,26 @@ pub struct RunConfig {
     pub max_keys_per_sec: u64,
     /// Actions touching one node at once (0: as many as `concurrency`).
     pub per_node: usize,
+    /// Asks the run to stop after the batch of keys in hand (SIGTERM).
+    pub stop: Stop,
+}
+
+/// A request to stop a run early, shared with whoever receives the signal. The run
+/// finishes the batch of keys it is executing, journals nothing for the range batch it
+/// was in, and returns with [`RunReport::stopped`] set: `--resume` does the rest.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    /// Asks the run to stop.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was asked for.
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// Partitions per range batch: a run journals, gathers and recovers range batches, so an
@@ -298,12 +320,15 @@ pub struct RunReport {
     pub failed: Vec<(Id, String)>,
     /// Ranges that failed, with why (their keys are unknown).
     pub failed_ranges: Vec<String>,
+    /// The run stopped early on request ([`Stop`]); range batches not journaled are left
+    /// for a resumed run.
+    pub stopped: bool,
 }
 
 impl RunReport {
-    /// Whether every selected key converged.
+    /// Whether every selected key converged (a stopped run has not).
     pub fn converged(&self) -> bool {
-        self.failed.is_empty() && self.failed_ranges.is_empty()
+        self.failed.is_empty() && self.failed_ranges.is_empty() && !self.stopped
     }
 }
 
@@ -391,26 +416,32 @@ pub async fn run(
 
     // Gather: every range's versions into metadata files, several ranges at once.
     observer.phase(Phase::Gather, pending.len() as u64);
-    let gathered: Vec<(usize, Gathered)> = stream::iter(pending.iter().map(|i| (*i, &planned[*i])))
-        .map(|(i, p)| async move {
-            let r = gather(client, config, i, p).await;
-            observer.advance(1);
-            (i, r)
-        })
-        .buffer_unordered(4)
-        .collect()
-        .await;
+    let gathered: Vec<(usize, Option<Gathered>)> =
+        stream::iter(pending.iter().map(|i| (*i, &planned[*i])))
+            .map(|(i, p)| async move {
+                // Asked to stop: the range batches not begun are left for a resume.
+                if config.stop.requested() {
+                    return (i, None);
+                }
+                let r = gather(client, config, i, p).await;
+                observer.advance(1);
+                (i, Some(r))
+            })
+            .buffer_unordered(4)
+            .collect()
+            .await;
     let mut files: BTreeMap<usize, Vec<PathBuf>> = BTreeMap::new();
     for (i, result) in gathered {
         match result {
-            Ok((paths, counts)) => {
+            Some(Ok((paths, counts))) => {
                 for (node, n) in counts {
                     report.stats.gathered += n;
                     *report.stats.gathered_from_node.entry(node).or_default() += n;
                 }
                 files.insert(i, paths);
             }
-            Err(why) => {
+            None => report.stopped = true,
+            Some(Err(why)) => {
                 report.stats.ranges_failed += 1;
                 report
                     .failed_ranges
@@ -427,6 +458,10 @@ pub async fn run(
         let failed_before = report.failed.len();
         let mut merged = kmerge::merge_files(&paths, p.owners.len())?;
         loop {
+            if config.stop.requested() {
+                report.stopped = true;
+                break;
+            }
             let mut batch = Vec::with_capacity(config.batch);
             for item in merged.by_ref().take(config.batch.max(1)) {
                 let (id, records) = item?;
@@ -471,7 +506,10 @@ pub async fn run(
             observer.advance(n);
         }
         // A range batch is done only when every key of it converged: a resumed run
-        // redoes the others.
+        // redoes the others, and the one a stop interrupted.
+        if report.stopped {
+            break;
+        }
         if report.failed.len() == failed_before {
             journal_append(&config.run_dir, i, p).map_err(dir_error)?;
         }

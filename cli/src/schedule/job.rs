@@ -28,6 +28,7 @@ pub async fn run_once(
     job: &Job,
     registry: &mend_policies::Registry,
     metrics_file: Option<&Path>,
+    stop: &run::Stop,
 ) -> anyhow::Result<LastRun> {
     let dir = job_dir(config, &job.name);
     std::fs::create_dir_all(&dir)
@@ -46,7 +47,9 @@ pub async fn run_once(
     let began = Instant::now();
     let done = match job.kind {
         JobKind::Verify => verify(job, &dir).await,
-        JobKind::Dc | JobKind::Merge => recover(job, &dir, &mut state, registry, began_ns).await,
+        JobKind::Dc | JobKind::Merge => {
+            recover(job, &dir, &mut state, registry, began_ns, stop).await
+        }
     };
     let end_ns = mend_engine::now_ns();
     let last = LastRun {
@@ -225,6 +228,7 @@ async fn recover(
     state: &mut JobState,
     registry: &mend_policies::Registry,
     now_ns: u64,
+    stop: &run::Stop,
 ) -> Done {
     // Connect first: when the cluster cannot be reached, an interrupted run stays as it
     // is, to be resumed next time.
@@ -307,6 +311,7 @@ async fn recover(
             max_bytes_per_sec: job.run.max_bandwidth,
             max_keys_per_sec: job.run.max_keys_per_sec,
             per_node: job.run.per_node,
+            stop: stop.clone(),
         };
         let source = if resumed {
             format!("{}, resumed", cur.source.describe())
@@ -326,13 +331,22 @@ async fn recover(
             let _ = std::fs::remove_dir_all(&cur.run_dir);
             continue;
         }
-        state.current = None;
+        let stopped = matches!(&result, Ok(report) if report.stopped);
         let (sent, received) = client.pool().traffic();
         let mut done = match result {
             Ok(report) => finish(job, dir, &report),
             Err(e) => Done::failed_to(String::new(), e.to_string()),
         };
-        let _ = std::fs::remove_dir_all(&cur.run_dir);
+        if stopped {
+            // Keep the run dir and the state's current run: the next run resumes it.
+            done.error = Some(format!(
+                "stopped by a signal; the next run resumes {}",
+                cur.run_dir.display()
+            ));
+        } else {
+            state.current = None;
+            let _ = std::fs::remove_dir_all(&cur.run_dir);
+        }
         done.started_ns = Some(cur.started_ns);
         done.source = source;
         done.full = cur.source == Source::Full;
@@ -349,7 +363,7 @@ fn finish(job: &Job, dir: &Path, report: &RunReport) -> Done {
     let s = &report.stats;
     let failed_path = dir.join("failed.dump");
     let mut error = None;
-    if report.converged() {
+    if report.failed.is_empty() && report.failed_ranges.is_empty() {
         let _ = std::fs::remove_file(&failed_path);
     } else {
         for why in report.failed_ranges.iter().take(20) {
