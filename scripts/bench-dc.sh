@@ -22,14 +22,14 @@ dc_row() { # label args...
 import json, sys
 label, t0, t1, rss = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 s = json.loads('''$out''')
-wire = s["bytes_sent"] + s["bytes_received"]
+wire = s["bytes_sent"] + s["bytes_received"] + s["node_to_node_bytes"]
 mbs = s["bytes"] / (t1 - t0) / 1e6
 print(f"| {label} | {s['keys']} | {s['copied']} | {s['bytes']} | {wire} | {t1 - t0:.2f} | {mbs:.1f} | {int(rss) // 1024} |")
 PY
 }
 
 echo "mend dc, $(nproc) cores, $(date -u +%Y-%m-%d)"
-echo "| case | keys decided | copies | value bytes copied | wire bytes (both ways) | wall s | MB/s copied | peak RSS MiB |"
+echo "| case | keys decided | copies | value bytes copied | wire bytes (engine both ways + node to node) | wall s | MB/s copied | peak RSS MiB |"
 echo "|---|---|---|---|---|---|---|---|"
 start_cluster "$WORK/c" 3 1
 "$MEND" load -g 1,2,3 --count "$N" --size 1024 --timestamp 1000 -b 1024 >/dev/null

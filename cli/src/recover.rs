@@ -452,6 +452,10 @@ fn print_stats(
                 "  wire             {:>10} bytes sent, {} received, {:.2}s",
                 sent, received, secs
             );
+            println!(
+                "  node to node     {:>10} bytes pushed",
+                s.node_to_node_bytes
+            );
             for (g, n) in &s.copied_to_group {
                 println!("  group {g:<4} received {n} writes");
             }

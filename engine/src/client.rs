@@ -60,6 +60,16 @@ pub enum ClientError {
         /// The source node.
         node: String,
     },
+    /// A copy pushed node to node failed as a whole.
+    #[error("copy from node {from} to node {to} failed: {why}")]
+    Push {
+        /// The source node.
+        from: String,
+        /// The destination node.
+        to: String,
+        /// What went wrong.
+        why: String,
+    },
     /// A node found unreachable earlier in this run.
     #[error("node {node} is unreachable ({why})")]
     NodeDown {
@@ -403,6 +413,26 @@ impl Client {
             }
         }
         write_outcome(&dst, wsend, &mut wrecv, sent).await
+    }
+
+    /// Has `from` copy the exact versions `items` to `to`, node to node, in one write
+    /// batch (see [`Request::Push`]): one outcome per item, and the bytes `from` sent.
+    pub async fn push(
+        &self,
+        from: &NodeEntry,
+        to: &NodeEntry,
+        items: Vec<(Id, Version)>,
+    ) -> Result<(Vec<crate::wire::PushOutcome>, u64), ClientError> {
+        let src = self.peer(from).await?;
+        let n = items.len();
+        let request = Request::Push {
+            to: to.id.clone(),
+            items,
+        };
+        match src.call(&request).await? {
+            Response::Pushed { outcomes, bytes } if outcomes.len() == n => Ok((outcomes, bytes)),
+            other => Err(unexpected(&src, "push", &other)),
+        }
     }
 
     /// Writes small values (and tombstones) to `node` in one request.

@@ -18,7 +18,7 @@ use crate::route::{parse_addr, RouteError, RouteList, CLUSTER_FILE};
 use crate::store::{PutItem, Store, StoreError, CHUNK_SIZE};
 use crate::transport::{self, TransportError};
 use crate::wire::{self, ErrorKind, RemoteError, Request, Response, WireError};
-use crate::{Fingerprint, Id, IdRange};
+use crate::{Fingerprint, Id, IdRange, Version};
 
 /// Requests a node handles at once, across all connections; more wait to be accepted.
 /// With [`wire::MAX_FRAME`] this bounds the memory request frames can make it hold.
@@ -143,7 +143,14 @@ struct NodeState {
     cluster_dir: PathBuf,
     route: Mutex<(RouteList, Option<SystemTime>)>,
     in_flight: Arc<Semaphore>,
+    /// Connections to other nodes, for pushes (with this node's own certificate).
+    peers: transport::Pool,
+    /// Pushes handled at once: each holds up to [`wire::MAX_PUSH_BYTES`] of values.
+    pushing: Semaphore,
 }
+
+/// Pushes a node carries out at once.
+const PUSHES_AT_ONCE: usize = 4;
 
 /// A node serving on its endpoint until [`RunningNode::shutdown`].
 #[derive(Debug)]
@@ -214,6 +221,8 @@ pub async fn start(
         cluster_dir: cluster_dir.to_path_buf(),
         route: Mutex::new((route, mtime)),
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        peers: transport::Pool::new(transport::client_endpoint(&creds)?),
+        pushing: Semaphore::new(PUSHES_AT_ONCE),
     });
     let task = tokio::spawn(accept_loop(endpoint.clone(), state));
     info!(node = id, %addr, "node serving");
@@ -426,22 +435,7 @@ async fn handle(
             return write_value(send, recv, store, &state.writer, id, version).await
         }
         Request::WriteBatch { items } => {
-            let (reply, outcome) = tokio::sync::oneshot::channel();
-            let writer = state.writer.clone();
-            // The writer's queue is bounded; waiting for room happens off the async threads.
-            let queued = tokio::task::spawn_blocking(move || writer.send((items, reply)).is_ok())
-                .await
-                .unwrap_or(false);
-            let outcomes = match (queued, outcome.await) {
-                (true, Ok(r)) => r.map_err(|e| Failure(ErrorKind::Storage, e))?,
-                _ => {
-                    return Err(Failure(
-                        ErrorKind::Storage,
-                        "the node's writer stopped".into(),
-                    ))
-                }
-            };
-            Response::BatchWritten(outcomes)
+            Response::BatchWritten(group_commit(&state.writer, items).await?)
         }
         Request::Remove { id, version } => {
             Response::Removed(blocking(move || store.remove_exact(&id, &version)).await?)
@@ -458,9 +452,143 @@ async fn handle(
             )
         }
         Request::PushRoute { route } => push_route(state, route)?,
+        Request::Push { to, items } => push(state, to, items).await?,
     };
     wire::write_frame(send, &response).await?;
     Ok(())
+}
+
+/// Copies `items` to node `to` as one write batch: each value read here, checked against
+/// its checksum, and sent only if this node still holds exactly that version.
+async fn push(
+    state: &NodeState,
+    to: String,
+    items: Vec<(Id, Version)>,
+) -> Result<Response, Failure> {
+    let bad = |why: String| Failure(ErrorKind::BadRequest, why);
+    if items.len() > wire::MAX_PUSH_ITEMS {
+        return Err(bad(format!(
+            "{} items in one push, at most {}",
+            items.len(),
+            wire::MAX_PUSH_ITEMS
+        )));
+    }
+    let total: u64 = items.iter().map(|(_, v)| v.size).sum();
+    if let Some((id, v)) = items.iter().find(|(_, v)| v.size > wire::MAX_PUSH_VALUE) {
+        return Err(bad(format!(
+            "{id}: a value of {} bytes is too large to push (at most {})",
+            v.size,
+            wire::MAX_PUSH_VALUE
+        )));
+    }
+    if total > wire::MAX_PUSH_BYTES {
+        return Err(bad(format!(
+            "{total} value bytes in one push, at most {}",
+            wire::MAX_PUSH_BYTES
+        )));
+    }
+    let dest = current_route(state)
+        .node(&to)
+        .map_err(|e| Failure(ErrorKind::Route, e.to_string()))?
+        .clone();
+    if dest.id == state.id {
+        return Err(bad(format!("node {to} cannot push to itself")));
+    }
+    let _permit = state.pushing.acquire().await;
+    let store = state.store.clone();
+    let read = blocking(move || read_for_push(&*store, &items)).await?;
+    let mut outcomes = Vec::with_capacity(read.len());
+    let (mut batch, mut slots) = (Vec::new(), Vec::new());
+    for (slot, r) in read.into_iter().enumerate() {
+        match r {
+            Ok(item) => {
+                batch.push(item);
+                slots.push(slot);
+                // Replaced by the destination's answer below.
+                outcomes.push(wire::PushOutcome::SourceChanged);
+            }
+            Err(why) => outcomes.push(why),
+        }
+    }
+    if batch.is_empty() {
+        return Ok(Response::Pushed { outcomes, bytes: 0 });
+    }
+    let unreachable = |why: String| {
+        Failure(
+            ErrorKind::Unreachable,
+            format!("node {} cannot push to node {}: {why}", state.id, dest.id),
+        )
+    };
+    let addr = parse_addr(&dest.addr).map_err(|e| unreachable(e.to_string()))?;
+    let peer = state
+        .peers
+        .get(addr)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let request = Request::WriteBatch { items: batch };
+    let bytes = wire::encode_frame(&request)?.len() as u64;
+    let written = match peer.call(&request).await {
+        Ok(Response::BatchWritten(w)) if w.len() == slots.len() => w,
+        Ok(other) => {
+            return Err(unreachable(format!(
+                "it answered {} to a write batch",
+                other.kind()
+            )))
+        }
+        Err(e) => {
+            state.peers.forget(addr);
+            return Err(unreachable(e.to_string()));
+        }
+    };
+    for (slot, outcome) in slots.into_iter().zip(written) {
+        outcomes[slot] = wire::PushOutcome::Put(outcome);
+    }
+    Ok(Response::Pushed { outcomes, bytes })
+}
+
+/// Each item's value as a write-batch item, or why it cannot be pushed.
+fn read_for_push(
+    store: &dyn Store,
+    items: &[(Id, Version)],
+) -> Result<Vec<Result<wire::BatchItem, wire::PushOutcome>>, StoreError> {
+    let mut out = Vec::with_capacity(items.len());
+    for (id, version) in items {
+        let held = store.lookup(id)?;
+        let current = held.is_some_and(|r| r.version == *version && !r.corrupt);
+        if !current {
+            let corrupt = held.is_some_and(|r| r.version == *version);
+            out.push(Err(if corrupt {
+                wire::PushOutcome::Corrupt
+            } else {
+                wire::PushOutcome::SourceChanged
+            }));
+            continue;
+        }
+        let mut value = Vec::with_capacity(version.size as usize);
+        if !version.is_tombstone() && version.size > 0 {
+            let Some(mut reader) = store.open_value(id)? else {
+                out.push(Err(wire::PushOutcome::SourceChanged));
+                continue;
+            };
+            if reader.version() != *version {
+                out.push(Err(wire::PushOutcome::SourceChanged));
+                continue;
+            }
+            while let Some(chunk) = reader.next_chunk()? {
+                value.extend_from_slice(&chunk);
+            }
+            if blake3::hash(&value).as_bytes() != &version.checksum {
+                out.push(Err(wire::PushOutcome::Corrupt));
+                continue;
+            }
+        }
+        out.push(Ok(wire::BatchItem {
+            id: *id,
+            version: *version,
+            value,
+        }));
+    }
+    Ok(out)
 }
 
 /// The route list in force, re-read from `cluster.toml` when the file changed (a pushed or

@@ -222,6 +222,23 @@ struct Limits {
 }
 
 impl Limits {
+    /// The per-node bounds of both ends of a copy, taken in node-id order so that two
+    /// copies cannot deadlock.
+    async fn pair(&self, a: &NodeEntry, b: &NodeEntry) -> Vec<tokio::sync::OwnedSemaphorePermit> {
+        let (lo, hi) = if a.id <= b.id { (a, b) } else { (b, a) };
+        let mut permits = Vec::with_capacity(2);
+        for n in if lo.id == hi.id {
+            vec![lo]
+        } else {
+            vec![lo, hi]
+        } {
+            if let Ok(p) = self.node(&n.id).acquire_owned().await {
+                permits.push(p);
+            }
+        }
+        permits
+    }
+
     fn node(&self, id: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
         self.nodes
             .lock()
@@ -303,6 +320,9 @@ pub struct RunStats {
     pub failed: u64,
     /// Value bytes copied.
     pub bytes: u64,
+    /// Bytes nodes sent each other in pushes (write-batch frames, values included); not
+    /// in the engine's own wire traffic.
+    pub node_to_node_bytes: u64,
     /// Per group: writes received.
     pub copied_to_group: BTreeMap<u32, u64>,
     /// Per node: versions gathered from it.
@@ -485,18 +505,21 @@ pub async fn run(
                     message: format!("{} decisions for {} keys", decisions.len(), batch.len()),
                 }));
             }
-            let outcomes: Vec<KeyOutcome> = stream::iter(batch.into_iter().zip(decisions))
-                .map(|(key, actions)| {
-                    let ctx = KeyContext {
-                        client,
-                        config,
-                        policy,
-                        observer,
-                        down: &down,
-                        limits: &limits,
-                    };
-                    recover_key(ctx, p, key, actions)
-                })
+            let ctx = KeyContext {
+                client,
+                config,
+                policy,
+                observer,
+                down: &down,
+                limits: &limits,
+            };
+            // Small values go node to node in batches first; each key then takes its
+            // copies' outcomes from there.
+            let (pushed, bytes) = push_copies(ctx, p, &batch, &decisions).await;
+            report.stats.node_to_node_bytes += bytes;
+            let keys = batch.into_iter().zip(decisions).zip(pushed);
+            let outcomes: Vec<KeyOutcome> = stream::iter(keys)
+                .map(|((key, actions), pushed)| recover_key(ctx, p, key, actions, pushed))
                 .buffer_unordered(config.concurrency.max(1))
                 .collect()
                 .await;
@@ -946,6 +969,7 @@ async fn recover_key(
     p: &PlannedRange,
     key: KeyState,
     actions: Vec<Action>,
+    mut pushed: Pushed,
 ) -> KeyOutcome {
     let KeyContext {
         client,
@@ -955,7 +979,9 @@ async fn recover_key(
         down,
         limits,
     } = ctx;
-    Rate::take(&limits.keys, 1).await;
+    if !pushed.paced {
+        Rate::take(&limits.keys, 1).await;
+    }
     let mut out = KeyOutcome {
         id: key.id,
         differing: false,
@@ -1012,30 +1038,25 @@ async fn recover_key(
                 }
                 for t in to {
                     let dest = &key.replicas[*t];
-                    // Per-node bounds, taken in node-id order so two copies cannot deadlock.
-                    let (a, b) = (&p.owners[*from].id, &p.owners[*t].id);
-                    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-                    let _lo = limits.node(lo).acquire_owned().await;
-                    let _hi = if lo == hi {
-                        None
-                    } else {
-                        Some(limits.node(hi).acquire_owned().await)
+                    let (result, paced) = match pushed.copies.remove(t) {
+                        Some(result) => (result, true),
+                        None => {
+                            let (from, to) = (&p.owners[*from], &p.owners[*t]);
+                            let _bounds = limits.pair(from, to).await;
+                            let r = with_retries(client, config, down, &[from, to], || {
+                                client.copy(from, to, &key.id, version, config.chunk_size)
+                            })
+                            .await;
+                            (r, false)
+                        }
                     };
-                    let result = copy_with_retries(
-                        client,
-                        config,
-                        down,
-                        &p.owners[*from],
-                        &p.owners[*t],
-                        &key.id,
-                        version,
-                    )
-                    .await;
                     let text = match result {
                         Ok(PutOutcome::Written) => {
                             out.copied.push((dest.group, version.size));
                             observer.bytes(version.size);
-                            Rate::take(&limits.bytes, version.size).await;
+                            if !paced {
+                                Rate::take(&limits.bytes, version.size).await;
+                            }
                             "ok".to_string()
                         }
                         Ok(PutOutcome::Stale { stored }) => {
@@ -1240,33 +1261,210 @@ async fn remove(
     }
 }
 
-/// Copies with retries and exponential backoff on transport failures; refusals (stale,
-/// checksum) and a changed or corrupt source are final.
-async fn copy_with_retries(
+/// Runs `op` (a copy or push between `nodes`), retrying transport failures with backoff;
+/// when retries run out, marks whichever of `nodes` cannot be reached as down.
+async fn with_retries<T, F, Fut>(
     client: &Client,
     config: &RunConfig,
     down: &Down,
-    from: &NodeEntry,
-    to: &NodeEntry,
-    id: &Id,
-    version: Version,
-) -> Result<PutOutcome, ClientError> {
-    down.check(&[from, to])?;
+    nodes: &[&NodeEntry],
+    mut op: F,
+) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    down.check(nodes)?;
     let mut delay = Duration::from_millis(100);
     let mut attempt = 1;
     loop {
-        match client.copy(from, to, id, version, config.chunk_size).await {
+        match op().await {
             Err(ClientError::Transport(e)) if attempt < config.attempts.max(1) => {
-                tracing::debug!(%id, attempt, "copy failed, retrying: {e}");
+                tracing::debug!(attempt, "copy failed, retrying: {e}");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
                 attempt += 1;
             }
             Err(e @ ClientError::Transport(_)) => {
-                down.mark_unreachable(client, &[from, to], &e).await;
+                down.mark_unreachable(client, nodes, &e).await;
                 return Err(e);
             }
             other => return other,
         }
+    }
+}
+
+/// The copies of one key already carried out by [`push_copies`].
+#[derive(Default)]
+struct Pushed {
+    /// By destination replica: the outcome.
+    copies: BTreeMap<usize, Result<PutOutcome, ClientError>>,
+    /// The key was counted against `--max-keys-per-sec` already.
+    paced: bool,
+}
+
+/// One copy of a small value waiting to be pushed: key index, destination replica, id,
+/// version.
+type PushItem = (usize, usize, Id, Version);
+
+/// Carries out the copies of small values in `batch` node to node: grouped by source and
+/// destination node into [`Request::Push`]es, several at once, each bounded by the
+/// per-node limits and paced by the rate limits. Returns each key's outcomes and the bytes
+/// the nodes sent each other. Keys whose decisions are invalid or include a merge are left
+/// to [`recover_key`] whole.
+async fn push_copies(
+    ctx: KeyContext<'_>,
+    p: &PlannedRange,
+    batch: &[KeyState],
+    decisions: &[Vec<Action>],
+) -> (Vec<Pushed>, u64) {
+    let mut out: Vec<Pushed> = batch.iter().map(|_| Pushed::default()).collect();
+    if ctx.config.dry_run {
+        return (out, 0);
+    }
+    let mut by_pair: BTreeMap<(usize, usize), Vec<PushItem>> = BTreeMap::new();
+    for (k, (key, actions)) in batch.iter().zip(decisions).enumerate() {
+        let merges = actions.iter().any(|a| matches!(a, Action::Merge { .. }));
+        if merges || policy::validate(key, actions).is_err() {
+            continue;
+        }
+        for action in actions {
+            let Action::Copy { from, to } = action else {
+                continue;
+            };
+            let Some(version) = key.replicas[*from].healthy().copied() else {
+                continue;
+            };
+            if version.size > crate::wire::MAX_PUSH_VALUE {
+                continue;
+            }
+            for t in to {
+                let pair = by_pair.entry((*from, *t)).or_default();
+                pair.push((k, *t, key.id, version));
+            }
+        }
+    }
+    // Cut each pair's items into pushes within the request's bounds.
+    let mut pushes: Vec<(usize, usize, Vec<PushItem>)> = Vec::new();
+    for ((from, to), items) in by_pair {
+        let mut current: Vec<PushItem> = Vec::new();
+        let mut bytes = 0;
+        for item in items {
+            let full = current.len() == crate::wire::MAX_PUSH_ITEMS
+                || bytes + item.3.size > crate::wire::MAX_PUSH_BYTES;
+            if full && !current.is_empty() {
+                pushes.push((from, to, std::mem::take(&mut current)));
+                bytes = 0;
+            }
+            bytes += item.3.size;
+            current.push(item);
+        }
+        if !current.is_empty() {
+            pushes.push((from, to, current));
+        }
+    }
+    let done: Vec<PushDone> = stream::iter(pushes)
+        .map(|(from, to, items)| push_one(ctx, p, from, to, items))
+        .buffer_unordered(PUSHES_AT_ONCE)
+        .collect()
+        .await;
+    let mut total = 0;
+    for PushDone {
+        items,
+        results,
+        bytes,
+        paced,
+    } in done
+    {
+        total += bytes;
+        for k in paced {
+            out[k].paced = true;
+        }
+        for ((k, t, _, _), r) in items.into_iter().zip(results) {
+            out[k].copies.insert(t, r);
+        }
+    }
+    (out, total)
+}
+
+/// Pushes the engine has in flight at once.
+const PUSHES_AT_ONCE: usize = 4;
+
+/// What one push did.
+struct PushDone {
+    /// The items pushed.
+    items: Vec<PushItem>,
+    /// Each item's outcome.
+    results: Vec<Result<PutOutcome, ClientError>>,
+    /// Bytes the source node sent the destination.
+    bytes: u64,
+    /// The keys counted against the key rate.
+    paced: Vec<usize>,
+}
+
+/// One push from replica `from` to replica `to`.
+async fn push_one(
+    ctx: KeyContext<'_>,
+    p: &PlannedRange,
+    from: usize,
+    to: usize,
+    items: Vec<PushItem>,
+) -> PushDone {
+    let (src, dst) = (&p.owners[from], &p.owners[to]);
+    let KeyContext {
+        client,
+        config,
+        down,
+        limits,
+        ..
+    } = ctx;
+    let _bounds = limits.pair(src, dst).await;
+    let keys: std::collections::BTreeSet<usize> = items.iter().map(|i| i.0).collect();
+    Rate::take(&limits.keys, keys.len() as u64).await;
+    Rate::take(&limits.bytes, items.iter().map(|i| i.3.size).sum()).await;
+    let wanted: Vec<(Id, Version)> = items.iter().map(|i| (i.2, i.3)).collect();
+    let pushed = with_retries(client, config, down, &[src, dst], || {
+        client.push(src, dst, wanted.clone())
+    })
+    .await;
+    let (results, bytes) = match pushed {
+        Ok((outcomes, bytes)) => {
+            let results = items
+                .iter()
+                .zip(outcomes)
+                .map(|((_, _, id, _), o)| match o {
+                    crate::wire::PushOutcome::Put(put) => Ok(put),
+                    crate::wire::PushOutcome::SourceChanged => Err(ClientError::SourceChanged {
+                        id: *id,
+                        node: src.id.clone(),
+                    }),
+                    crate::wire::PushOutcome::Corrupt => Err(ClientError::Corrupt {
+                        id: *id,
+                        node: src.id.clone(),
+                    }),
+                })
+                .collect();
+            (results, bytes)
+        }
+        Err(e) => {
+            let why = e.to_string();
+            let results = items
+                .iter()
+                .map(|_| {
+                    Err(down.check(&[src, dst]).err().unwrap_or(ClientError::Push {
+                        from: src.id.clone(),
+                        to: dst.id.clone(),
+                        why: why.clone(),
+                    }))
+                })
+                .collect();
+            (results, 0)
+        }
+    };
+    PushDone {
+        items,
+        results,
+        bytes,
+        paced: keys.into_iter().collect(),
     }
 }

@@ -117,7 +117,26 @@ pub enum Request {
         /// The new route list.
         route: RouteList,
     },
+    /// Copies versions this node holds to node `to`, node to node, as one write batch:
+    /// the values cross the network once and the destination commits them in one
+    /// transaction. Values of at most [`MAX_PUSH_VALUE`] bytes, [`MAX_PUSH_BYTES`] and
+    /// [`MAX_PUSH_ITEMS`] in all.
+    Push {
+        /// The destination node's id.
+        to: String,
+        /// Each object with the exact version to copy.
+        items: Vec<(Id, Version)>,
+    },
 }
+
+/// Items per [`Request::Push`].
+pub const MAX_PUSH_ITEMS: usize = 4096;
+
+/// The largest value a [`Request::Push`] carries (larger ones are streamed).
+pub const MAX_PUSH_VALUE: u64 = 1 << 20;
+
+/// Value bytes per [`Request::Push`]: its write batch stays well inside [`MAX_FRAME`].
+pub const MAX_PUSH_BYTES: u64 = 4 << 20;
 
 /// Ids per [`Request::Lookup`].
 pub const MAX_LOOKUP: usize = 16 * 1024;
@@ -198,8 +217,27 @@ pub enum Response {
         /// The node's epoch after the push.
         epoch: u64,
     },
+    /// Answer to [`Request::Push`]: one outcome per item, in order.
+    Pushed {
+        /// The outcomes.
+        outcomes: Vec<PushOutcome>,
+        /// Bytes of the write batch frame sent to the destination (values included).
+        bytes: u64,
+    },
     /// The request failed; the stream ends here.
     Error(RemoteError),
+}
+
+/// What became of one item of a [`Request::Push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum PushOutcome {
+    /// The destination's answer to the write.
+    Put(PutOutcome),
+    /// The pushing node no longer holds that version (a newer write or a remove came):
+    /// nothing was sent.
+    SourceChanged,
+    /// The pushing node's copy fails its checksum: nothing was sent.
+    Corrupt,
 }
 
 /// A failure reported by a node.
@@ -223,6 +261,8 @@ pub enum ErrorKind {
     Storage,
     /// A pushed route list is older than the node's, or invalid.
     Route,
+    /// The node could not reach another node it had to talk to (a push's destination).
+    Unreachable,
 }
 
 impl Request {
@@ -243,6 +283,7 @@ impl Request {
             Request::Remove { .. } => "Remove",
             Request::Scrub { .. } => "Scrub",
             Request::PushRoute { .. } => "PushRoute",
+            Request::Push { .. } => "Push",
         }
     }
 }
@@ -266,6 +307,7 @@ impl Response {
             Response::Removed(_) => "Removed",
             Response::Scrubbed(_) => "Scrubbed",
             Response::RouteAccepted { .. } => "RouteAccepted",
+            Response::Pushed { .. } => "Pushed",
             Response::Error(_) => "Error",
         }
     }

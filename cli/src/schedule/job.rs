@@ -350,7 +350,7 @@ async fn recover(
         done.started_ns = Some(cur.started_ns);
         done.source = source;
         done.full = cur.source == Source::Full;
-        done.wire_bytes = sent + received;
+        done.wire_bytes = sent + received + done.stats["node_to_node_bytes"].as_u64().unwrap_or(0);
         done.stats["bytes_sent"] = serde_json::json!(sent);
         done.stats["bytes_received"] = serde_json::json!(received);
         done.stats["resumed"] = serde_json::json!(resumed);
