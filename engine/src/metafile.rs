@@ -270,6 +270,15 @@ pub enum MetaError {
         /// Byte offset just past the footer.
         offset: u64,
     },
+    /// A file whose header is not what its place in a run calls for (another range batch,
+    /// replica or node: swapped, copied over or left from elsewhere).
+    #[error("{}: not the file this run gathered there: {what}", path.display())]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// What its header says, and what was expected.
+        what: String,
+    },
     /// A header names a slot outside the run's replicas (from [`crate::kmerge`]).
     #[error("{}: slot {slot} is out of range, the run has {slots} slots", path.display())]
     SlotOutOfRange {
@@ -298,6 +307,7 @@ impl MetaError {
             | MetaError::CountMismatch { path, .. }
             | MetaError::FrameTooLarge { path, .. }
             | MetaError::Trailing { path, .. }
+            | MetaError::Mismatch { path, .. }
             | MetaError::SlotOutOfRange { path, .. } => path,
         }
     }
@@ -316,6 +326,7 @@ impl MetaError {
                 | MetaError::CountMismatch { .. }
                 | MetaError::FrameTooLarge { .. }
                 | MetaError::Trailing { .. }
+                | MetaError::Mismatch { .. }
         )
     }
 }

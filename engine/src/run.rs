@@ -173,6 +173,107 @@ pub fn journal_done(run_dir: &Path) -> Result<std::collections::BTreeSet<usize>,
     }
 }
 
+/// The range batches the journal of `run_dir` records as done, for a resume of `planned`.
+/// Every line must be a complete `done INDEX PARTITIONS` naming a range batch of this plan:
+/// a line torn by a crash, overwritten or zero-filled could claim a batch that was never
+/// done, so a journal with one is not trusted and the run is not resumed.
+fn journal_check(
+    run_dir: &Path,
+    planned: &[PlannedRange],
+) -> Result<std::collections::BTreeSet<usize>, RunError> {
+    let path = run_dir.join(JOURNAL);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => {
+            return Err(RunError::Resume {
+                path,
+                why: e.to_string(),
+            })
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut done = std::collections::BTreeSet::new();
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    // After the last newline: nothing, unless the last line was cut short.
+    let tail = lines.pop().unwrap_or_default();
+    for (n, line) in lines
+        .iter()
+        .chain((!tail.is_empty()).then_some(&tail))
+        .enumerate()
+    {
+        let words: Vec<&str> = line.split(' ').collect();
+        let index = match words[..] {
+            ["done", index, partitions] => index.parse::<usize>().ok().filter(|i| {
+                planned
+                    .get(*i)
+                    .is_some_and(|p| p.partitions.to_string() == partitions)
+            }),
+            _ => None,
+        };
+        match index {
+            Some(i) if n < lines.len() => {
+                done.insert(i);
+            }
+            _ => {
+                let shown: String = line.chars().take(60).collect();
+                return Err(RunError::Resume {
+                    path,
+                    why: format!(
+                        "line {} ({shown:?}) is not a complete record of a range batch of this \
+                         run's plan: the journal is damaged; start a new run",
+                        n + 1
+                    ),
+                });
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Checks that the temp files of range batch `p` are the ones the run gathered there: each
+/// header names this batch's range and one of its replicas (the node and its group), each
+/// replica once. A file swapped, copied over or left from elsewhere passes every CRC, so
+/// it is caught here rather than merged as if it were this batch's.
+fn check_headers(paths: &[PathBuf], p: &PlannedRange) -> Result<(), MetaError> {
+    let range = p.partitions.ids();
+    let mut slots = std::collections::BTreeSet::new();
+    for path in paths {
+        let reader = crate::metafile::MetaReader::open(path)?;
+        let h = reader.header();
+        let expected = p.owners.get(h.slot as usize);
+        let fits = h.range == range
+            && expected.is_some_and(|n| n.id == h.node && n.group == h.group)
+            && slots.insert(h.slot);
+        if !fits {
+            return Err(MetaError::Mismatch {
+                path: path.clone(),
+                what: format!(
+                    "its header says partitions {} slot {} node {} (group {}); this range \
+                     batch is partitions {} with replicas {}, one file each",
+                    format_args!(
+                        "{:04x}-{:04x}",
+                        h.range.start.partition(),
+                        h.range
+                            .end
+                            .map_or(u16::MAX, |e| e.partition().wrapping_sub(1))
+                    ),
+                    h.slot,
+                    h.node,
+                    h.group,
+                    p.partitions,
+                    p.owners
+                        .iter()
+                        .map(|n| n.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn journal_append(run_dir: &Path, index: usize, p: &PlannedRange) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
@@ -414,7 +515,7 @@ pub async fn run(
                 why: "the plan differs (other groups, flags or route list): start a new run".into(),
             });
         }
-        journal_done(&config.run_dir).map_err(dir_error)?
+        journal_check(&config.run_dir, &planned)?
     } else {
         std::fs::write(&run_file, &plan).map_err(dir_error)?;
         Default::default()
@@ -463,9 +564,11 @@ pub async fn run(
             None => report.stopped = true,
             Some(Err(why)) => {
                 report.stats.ranges_failed += 1;
-                report
-                    .failed_ranges
-                    .push(format!("partitions {}: {why}", planned[i].partitions));
+                report.failed_ranges.push(format!(
+                    "partitions {}: {}",
+                    planned[i].partitions,
+                    name_nodes(why, &planned[i].owners)
+                ));
             }
         }
     }
@@ -476,6 +579,7 @@ pub async fn run(
     for (i, paths) in files {
         let p = &planned[i];
         let failed_before = report.failed.len();
+        check_headers(&paths, p)?;
         let mut merged = kmerge::merge_files(&paths, p.owners.len())?;
         loop {
             if config.stop.requested() {
@@ -538,6 +642,22 @@ pub async fn run(
         }
     }
     Ok(report)
+}
+
+/// Transport errors name a peer by its address only: prefixes `why` with the ids of the
+/// `nodes` whose address it mentions, so a failed range names the node that failed.
+fn name_nodes(why: String, nodes: &[NodeEntry]) -> String {
+    let mut named: Vec<&str> = nodes
+        .iter()
+        .filter(|n| why.contains(n.addr.as_str()))
+        .map(|n| n.id.as_str())
+        .collect();
+    named.dedup();
+    if named.is_empty() {
+        why
+    } else {
+        format!("node {}: {why}", named.join(", "))
+    }
 }
 
 /// What recovering one key needs from its run.
@@ -1098,20 +1218,24 @@ async fn recover_key(
                     report("remove", Some(&key.replicas[*keep]), on, None, why.into());
                     continue;
                 }
-                let kept = client.lookup_on(&p.owners[*keep], &[key.id]).await;
+                let owner = &p.owners[*keep];
+                let kept = on_node(client, down, owner, client.lookup_on(owner, &[key.id])).await;
                 for r in on {
                     let Some(gone) = key.replicas[*r].record.map(|rec| rec.version) else {
                         continue;
                     };
                     let confirmed = matches!(&kept, Ok(recs) if recs[0].is_some_and(|k| !k.corrupt && !gone.is_newer_than(&k.version)));
                     let text = if !confirmed {
-                        out.failed.push((
-                            key.replicas[*keep].node.clone(),
-                            "did not confirm it holds the key; copy kept".into(),
-                        ));
+                        let why = match &kept {
+                            Err(e) => format!("did not confirm it holds the key ({e}); copy kept"),
+                            Ok(_) => "did not confirm it holds the key; copy kept".into(),
+                        };
+                        out.failed.push((key.replicas[*keep].node.clone(), why));
                         "failed: not confirmed by the owner".to_string()
                     } else {
-                        match remove(client, &p.owners[*r], &key.id, gone).await {
+                        let node = &p.owners[*r];
+                        match on_node(client, down, node, remove(client, node, &key.id, gone)).await
+                        {
                             Ok(true) => {
                                 out.removed += 1;
                                 "ok".into()
@@ -1244,6 +1368,23 @@ async fn merge_key(
     );
 }
 
+/// Runs `op`, a request to `node`, unless the run already found `node` unreachable; after
+/// a transport failure, marks `node` down if it does not answer a new connection either, so
+/// the rest of its actions fail at once, by name, instead of each waiting out a timeout.
+async fn on_node<T>(
+    client: &Client,
+    down: &Down,
+    node: &NodeEntry,
+    op: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    down.check(&[node])?;
+    let result = op.await;
+    if let Err(e @ ClientError::Transport(_)) = &result {
+        down.mark_unreachable(client, &[node], e).await;
+    }
+    result
+}
+
 async fn remove(
     client: &Client,
     node: &NodeEntry,
@@ -1279,15 +1420,18 @@ where
     let mut attempt = 1;
     loop {
         match op().await {
-            Err(ClientError::Transport(e)) if attempt < config.attempts.max(1) => {
+            Err(e @ ClientError::Transport(_)) => {
+                // A node that does not answer a new connection either will not answer a
+                // retry: it is marked down at once, and this and its other actions fail now
+                // instead of each retrying into timeouts.
+                down.mark_unreachable(client, nodes, &e).await;
+                if attempt >= config.attempts.max(1) || down.check(nodes).is_err() {
+                    return Err(e);
+                }
                 tracing::debug!(attempt, "copy failed, retrying: {e}");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
                 attempt += 1;
-            }
-            Err(e @ ClientError::Transport(_)) => {
-                down.mark_unreachable(client, nodes, &e).await;
-                return Err(e);
             }
             other => return other,
         }
@@ -1466,5 +1610,51 @@ async fn push_one(
         results,
         bytes,
         paced: keys.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::PartitionRange;
+
+    fn plan() -> Vec<PlannedRange> {
+        let p = |first, last| PlannedRange {
+            partitions: PartitionRange { first, last },
+            owners: Vec::new(),
+        };
+        vec![p(0, 0x0fff), p(0x1000, 0x1fff), p(0x2000, 0x2fff)]
+    }
+
+    fn check(journal: &[u8]) -> Result<Vec<usize>, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(JOURNAL), journal).unwrap();
+        journal_check(dir.path(), &plan())
+            .map(|d| d.into_iter().collect())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_resume_trusts_only_complete_journal_lines_of_its_plan() {
+        assert_eq!(check(b""), Ok(vec![]));
+        assert_eq!(
+            check(b"done 0 0000-0fff\ndone 2 2000-2fff\n"),
+            Ok(vec![0, 2])
+        );
+        for damaged in [
+            &b"done 0 0000-0fff\ndone 2 2000-2f"[..],
+            b"done 0 0000-0fff\ndone 1",
+            b"done 1 2000-2fff\n",
+            b"done 7 7000-7fff\n",
+            b"done 0 0000-0fff\n\0\0\0\0",
+            b"done 0 0000-0fff\n\n",
+            b"done 0  0000-0fff\n",
+        ] {
+            let err = check(damaged).unwrap_err();
+            assert!(
+                err.contains("journal") && err.contains("start a new run"),
+                "{damaged:?}: {err}"
+            );
+        }
     }
 }
