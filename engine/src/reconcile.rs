@@ -34,10 +34,14 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// Split 8 ways, list at 16 items: on 1 M ids (`examples/reconcile_vs_negentropy`)
+    /// this moves 23 % fewer bytes than 16 and 24 at 1,000 differences, and 12 % fewer at
+    /// 100,000, for one more round trip (9 instead of 8); 4 and 8 saves 6 % more for four
+    /// more round trips.
     fn default() -> Self {
         Config {
-            split: 16,
-            leaf_items: 24,
+            split: 8,
+            leaf_items: 16,
         }
     }
 }
