@@ -183,6 +183,33 @@ fn kill_9_during_a_write_burst_loses_no_acknowledged_write() {
 }
 
 #[test]
+fn a_node_restarted_after_kill_9_resets_the_connections_to_its_old_process() {
+    let c = Cluster::init(1, 1);
+    let mut nodes = c.start_each();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(c.engine_client());
+    let node = client.route().nodes[0].clone();
+    let id = mend_engine::Id::from_key(b"k");
+    // A pooled connection to the first process.
+    rt.block_on(client.lookup_on(&node, &[id])).unwrap();
+    nodes.kill9("g1n1");
+    let restarted = c.start_node("g1n1");
+    nodes.procs.insert("g1n1".into(), restarted);
+    // The new process (same address, same key) answers the old connection's packets with
+    // a stateless reset: the request fails as reset, not after the idle timeout.
+    let err = rt
+        .block_on(client.lookup_on(&node, &[id]))
+        .expect_err("the old connection is gone")
+        .to_string();
+    assert!(err.contains("reset"), "{err}");
+    // And the next request connects afresh.
+    assert_eq!(
+        rt.block_on(client.lookup_on(&node, &[id])).unwrap(),
+        vec![None]
+    );
+}
+
+#[test]
 fn sigterm_shuts_nodes_down_cleanly() {
     let mut c = Cluster::start(2, 1);
     c.ok(&["put", "-g", "1,2", "k", "--value", "v"]);

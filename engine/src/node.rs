@@ -20,8 +20,9 @@ use crate::transport::{self, TransportError};
 use crate::wire::{self, ErrorKind, RemoteError, Request, Response, WireError};
 use crate::{Fingerprint, Id, IdRange, Version};
 
-/// Requests a node handles at once, across all connections; more wait to be accepted.
-/// With [`wire::MAX_FRAME`] this bounds the memory request frames can make it hold.
+/// Requests a node handles at once, across all connections; more wait for a permit
+/// before a byte of them is read. With [`wire::MAX_FRAME`] this bounds the memory request
+/// frames can make it hold (`tests/alloc_limits.rs` measures it).
 pub const MAX_IN_FLIGHT: usize = 64;
 
 /// Records per [`Response::Iterated`] batch.
@@ -234,10 +235,25 @@ pub async fn start(
     })
 }
 
+/// How old `cluster.toml`'s mtime must be before a node trusts it to change with the next
+/// save.
+const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The mtime of `cluster.toml` when it can be trusted to tell this version of the file from
+/// the next, else `None` (which matches nothing, so the file is read again).
+///
+/// File systems stamp files from a coarse clock (a few ms; seconds on some), so two saves
+/// in quick succession — nodes started together recording their ports one after the
+/// other — can leave the same mtime, and a node comparing mtimes alone kept the first
+/// file's route list for good, with port 0 for the nodes started after it (and so could
+/// not push to them). As git does with "racily clean" files, a stamp younger than
+/// [`RACY`] is not trusted.
 fn cluster_mtime(dir: &Path) -> Option<SystemTime> {
-    std::fs::metadata(dir.join(CLUSTER_FILE))
+    let mtime = std::fs::metadata(dir.join(CLUSTER_FILE))
         .and_then(|m| m.modified())
-        .ok()
+        .ok()?;
+    let age = SystemTime::now().duration_since(mtime).unwrap_or_default();
+    (age >= RACY).then_some(mtime)
 }
 
 /// Writes the port a node actually bound into `cluster.toml`, under an exclusive lock.
@@ -282,10 +298,11 @@ async fn serve_connection(conn: quinn::Connection, state: Arc<NodeState>) {
         return;
     }
     loop {
-        let permit = match state.in_flight.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => return,
-        };
+        // The permit is taken by the stream, not by the loop waiting for one: a connection
+        // idle between requests must not hold one, or as many idle connections as
+        // MAX_IN_FLIGHT (pooled clients, peers that pushed once) left every other
+        // connection unserved. Streams waiting for a permit are bounded by QUIC's limit of
+        // concurrent streams per connection, and hold nothing read from them.
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(e) => {
@@ -295,7 +312,9 @@ async fn serve_connection(conn: quinn::Connection, state: Arc<NodeState>) {
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let Ok(_permit) = state.in_flight.clone().acquire_owned().await else {
+                return;
+            };
             serve_stream(send, recv, &state, remote).await;
         });
     }
@@ -596,7 +615,7 @@ fn read_for_push(
 fn current_route(state: &NodeState) -> RouteList {
     let mut guard = state.route.lock().expect("route lock");
     let mtime = cluster_mtime(&state.cluster_dir);
-    if mtime != guard.1 {
+    if mtime.is_none() || mtime != guard.1 {
         match RouteList::load(&state.cluster_dir) {
             Ok(fresh) if fresh.epoch >= guard.0.epoch => *guard = (fresh, mtime),
             Ok(fresh) => warn!(

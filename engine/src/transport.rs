@@ -34,6 +34,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long [`accept_hello`] waits for a new connection's Hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The largest first frame of a connection a node reads (Hello is a few bytes).
+pub const MAX_HELLO_FRAME: usize = 1024;
+
 /// The application error code a connection is closed with when its handshake fails.
 const CLOSE_HANDSHAKE_FAILED: u32 = 1;
 
@@ -179,8 +182,53 @@ pub fn server_endpoint(
     creds: &Credentials,
 ) -> Result<quinn::Endpoint, TransportError> {
     let config = server_config(creds)?;
-    quinn::Endpoint::server(config, bind)
-        .map_err(|source| TransportError::Bind { addr: bind, source })
+    let bind_error = |source| TransportError::Bind { addr: bind, source };
+    let socket = std::net::UdpSocket::bind(bind).map_err(bind_error)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| bind_error(std::io::Error::other("no async runtime")))?;
+    // Both keys are derived from the node's private key, so that a restarted node still
+    // recognises the connection ids it issued before and can reset those connections.
+    let secret = |context| blake3::derive_key(context, creds.key.secret_der());
+    let cid_key = secret("mend 2026-11 QUIC connection id key");
+    let cid_key = u64::from_le_bytes(cid_key[..8].try_into().expect("8 bytes"));
+    let mut endpoint = quinn::EndpointConfig::new(Arc::new(ResetKey(secret(
+        "mend 2026-11 QUIC stateless reset key",
+    ))));
+    endpoint.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            as Box<dyn quinn::ConnectionIdGenerator>
+    });
+    quinn::Endpoint::new(endpoint, Some(config), socket, runtime).map_err(bind_error)
+}
+
+/// The key a node signs its stateless resets with, derived from its private key rather
+/// than drawn at random per process (as are the keys of its connection ids): a node
+/// restarted on the same address (after a crash) resets the connections peers still hold
+/// to its previous process, and they see that at once instead of waiting out the idle
+/// timeout.
+struct ResetKey([u8; 32]);
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        let mac = blake3::keyed_hash(&self.0, data);
+        signature_out.copy_from_slice(&mac.as_bytes()[..signature_out.len()]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        let expected: [u8; 32] = signature
+            .try_into()
+            .map_err(|_| quinn::crypto::CryptoError)?;
+        // blake3::Hash compares in constant time.
+        if blake3::keyed_hash(&self.0, data) == blake3::Hash::from(expected) {
+            Ok(())
+        } else {
+            Err(quinn::crypto::CryptoError)
+        }
+    }
 }
 
 /// A QUIC endpoint for connecting to nodes with a client certificate, bound to
@@ -412,7 +460,11 @@ pub async fn accept_hello(
             .await
             .map_err(|e| connection_lost(addr, &e))?;
         let wire_error = |source| TransportError::Wire { addr, source };
-        let first: Option<Request> = wire::read_frame(&mut recv).await.map_err(wire_error)?;
+        // Hello is a few bytes; a connection's first stream is not under the node's bound
+        // on requests in flight, so it gets a frame limit of its own.
+        let first: Option<Request> = wire::read_frame_limited(&mut recv, MAX_HELLO_FRAME)
+            .await
+            .map_err(wire_error)?;
         let (answer, outcome) = match first {
             Some(Request::Hello { protocol }) if protocol == PROTOCOL_VERSION => (
                 Response::Hello {

@@ -31,10 +31,23 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Values up to this size go in a [`Request::WriteBatch`]; larger ones are streamed.
 pub const SMALL_VALUE: u64 = 256 << 10;
 
-/// The bincode configuration of every frame.
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_FRAME>()
+/// Decodes with bincode's standard configuration, claiming at most `LIMIT` bytes.
+fn decode_limited<T: Decode<()>, const LIMIT: usize>(
+    payload: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    bincode::decode_from_slice(payload, bincode::config::standard().with_limit::<LIMIT>())
 }
+
+/// Bytes of containers a frame may claim while it is decoded, per byte of payload.
+///
+/// bincode allocates a container for the length its length field claims before reading
+/// the elements, within the limit of its configuration; with one limit of [`MAX_FRAME`]
+/// for every frame, a frame of 20 bytes claiming a vector of 8 MiB made the node allocate
+/// (and zero) 8 MiB before finding the bytes missing. Honest messages claim far less per
+/// byte: the worst is one `size_of` of an element per one-byte encoding (a `None` record
+/// or a `Written` outcome: about 80 bytes for 1), so 256 leaves room, and the budget
+/// only bites on small frames (a payload of 32 KiB or more gets [`MAX_FRAME`] as before).
+const CLAIM_RATIO: usize = 256;
 
 /// A request from a client (or the engine) to a node.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -362,8 +375,14 @@ pub fn decode_payload<T: Decode<()>>(payload: &[u8]) -> Result<T, WireError> {
             max: MAX_FRAME,
         });
     }
-    let (msg, used) = bincode::decode_from_slice(payload, config())
-        .map_err(|e| WireError::Decode(e.to_string()))?;
+    // The limit is a constant of bincode's configuration: a few rungs of budget.
+    let decoded = match payload.len().saturating_mul(CLAIM_RATIO) {
+        n if n <= 64 << 10 => decode_limited::<T, { 64 << 10 }>(payload),
+        n if n <= 1 << 20 => decode_limited::<T, { 1 << 20 }>(payload),
+        n if n <= 4 << 20 => decode_limited::<T, { 4 << 20 }>(payload),
+        _ => decode_limited::<T, MAX_FRAME>(payload),
+    };
+    let (msg, used) = decoded.map_err(|e| WireError::Decode(e.to_string()))?;
     if used != payload.len() {
         return Err(WireError::Decode(format!(
             "{} trailing bytes after the message",
@@ -386,6 +405,24 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Encode>(
 pub async fn read_frame<R: AsyncRead + Unpin, T: Decode<()>>(
     r: &mut R,
 ) -> Result<Option<T>, WireError> {
+    read_frame_limited(r, MAX_FRAME).await
+}
+
+/// The first part of a frame's payload read before more is allocated: the payload buffer
+/// grows with the bytes that arrive (at most doubling), never with the length announced.
+const FIRST_READ: usize = 64 << 10;
+
+/// Reads one frame of at most `max` bytes (and at most [`MAX_FRAME`]); `Ok(None)` when the
+/// stream ends cleanly before a frame starts.
+///
+/// Memory follows the bytes that actually arrive, not the length prefix: a peer that
+/// announces a large frame and stalls (on as many streams as it may open) costs at most
+/// [`FIRST_READ`] per stream, not the length it announced.
+pub async fn read_frame_limited<R: AsyncRead + Unpin, T: Decode<()>>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<T>, WireError> {
+    let max = max.min(MAX_FRAME);
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -400,19 +437,22 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: Decode<()>>(
         got += n;
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(WireError::FrameTooLarge {
-            len,
-            max: MAX_FRAME,
-        });
+    if len > max {
+        return Err(WireError::FrameTooLarge { len, max });
     }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => WireError::Truncated,
-            _ => WireError::Io(e),
-        })?;
+    let mut payload = Vec::new();
+    while payload.len() < len {
+        let start = payload.len();
+        let step = (len - start).min(start.max(FIRST_READ));
+        payload.reserve_exact(step);
+        payload.resize(start + step, 0);
+        r.read_exact(&mut payload[start..])
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => WireError::Truncated,
+                _ => WireError::Io(e),
+            })?;
+    }
     decode_payload(&payload).map(Some)
 }
 
@@ -461,6 +501,89 @@ mod tests {
         let mut frame = encode_frame(&Request::RouteList).unwrap();
         frame.push(0);
         assert!(decode_payload::<Request>(&frame[4..]).is_err());
+    }
+
+    /// Honest messages that claim the most container bytes per encoded byte (one-byte
+    /// elements of large types, empty inner lists) decode within the claim budget of
+    /// their size, from one element up to the protocol's bounds.
+    #[test]
+    fn honest_messages_fit_the_claim_budget() {
+        let round_trip = |r: Response| {
+            let frame = encode_frame(&r).unwrap();
+            let back: Response = decode_payload(&frame[4..])
+                .unwrap_or_else(|e| panic!("{} of {} bytes: {e}", r.kind(), frame.len() - 4));
+            assert_eq!(back, r);
+        };
+        for n in [1, 2, 7, 100, 1000, MAX_LOOKUP] {
+            round_trip(Response::Records(vec![None; n]));
+            round_trip(Response::BatchWritten(vec![PutOutcome::Written; n]));
+            round_trip(Response::Pushed {
+                outcomes: vec![PushOutcome::SourceChanged; n.min(MAX_PUSH_ITEMS)],
+                bytes: 0,
+            });
+        }
+        for n in [1, 3, 100, MAX_LIST_RANGES] {
+            round_trip(Response::Summaries(vec![Vec::new(); n]));
+            round_trip(Response::Found(vec![Vec::new(); n]));
+        }
+        let empty = crate::route::NodeEntry {
+            id: String::new(),
+            group: 1,
+            addr: String::new(),
+            data_dir: Default::default(),
+            partitions: Vec::new(),
+        };
+        for n in [1, 50, 1000] {
+            round_trip(Response::RouteList(RouteList {
+                name: String::new(),
+                epoch: 1,
+                nodes: vec![empty.clone(); n],
+            }));
+        }
+    }
+
+    #[test]
+    fn a_small_frame_cannot_claim_a_large_container() {
+        // A write batch of one item whose value claims 1 MiB, in a frame of 120 bytes:
+        // refused on the claim, before a byte is allocated for it.
+        let mut payload = encode_frame(&Request::WriteBatch {
+            items: vec![BatchItem {
+                id: Id::MIN,
+                version: Version::tombstone(1),
+                value: vec![],
+            }],
+        })
+        .unwrap()[4..]
+            .to_vec();
+        assert_eq!(payload.pop(), Some(0));
+        payload.push(252);
+        payload.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        match decode_payload::<Request>(&payload) {
+            Err(WireError::Decode(e)) => assert!(e.contains("LimitExceeded"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_frame_is_read_as_it_arrives() {
+        // The largest frame announced, 3 bytes sent: truncated, not allocated up front
+        // (tests/alloc_limits.rs measures the allocation).
+        let mut bytes = (MAX_FRAME as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[1, 2, 3]);
+        let got = read_frame::<_, Request>(&mut bytes.as_slice()).await;
+        assert!(matches!(got, Err(WireError::Truncated)), "{got:?}");
+        // A frame over a smaller limit is refused on its length.
+        let frame = encode_frame(&Request::Lookup {
+            ids: vec![Id::MIN; 20],
+        })
+        .unwrap();
+        let got = read_frame_limited::<_, Request>(&mut frame.as_slice(), 1024).await;
+        assert!(
+            matches!(got, Err(WireError::FrameTooLarge { max: 1024, .. })),
+            "{got:?}"
+        );
+        let got = read_frame_limited::<_, Request>(&mut frame.as_slice(), 4096).await;
+        assert!(matches!(got, Ok(Some(Request::Lookup { .. }))), "{got:?}");
     }
 
     #[test]

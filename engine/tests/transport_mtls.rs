@@ -428,3 +428,319 @@ async fn a_node_added_later_gets_a_working_certificate() {
     assert_eq!(peer.node, "n3");
     assert!(matches!(node.next_seen().await, Seen::Accepted));
 }
+
+// ---------------------------------------------------------------------------------------
+// Every node of a real cluster (in-process `mend` nodes, two groups of two) refuses every
+// kind of bad client, and no application data reaches one.
+
+/// A cluster of `groups` × `per_group` in-process nodes, each holding one value.
+async fn real_cluster(
+    groups: u32,
+    per_group: u32,
+) -> (tempfile::TempDir, Vec<mend_engine::node::RunningNode>) {
+    use mend_engine::route::{split_evenly, NodeEntry, RouteList};
+    let names: Vec<String> = (1..=groups)
+        .flat_map(|g| (1..=per_group).map(move |n| format!("g{g}n{n}")))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let dir = cluster(&refs);
+    let nodes = (1..=groups)
+        .flat_map(|g| {
+            split_evenly(per_group)
+                .into_iter()
+                .enumerate()
+                .map(move |(i, r)| NodeEntry {
+                    id: format!("g{g}n{}", i + 1),
+                    group: g,
+                    addr: "127.0.0.1:0".into(),
+                    data_dir: PathBuf::from(format!("data/g{g}n{}", i + 1)),
+                    partitions: vec![r],
+                })
+        })
+        .collect();
+    RouteList {
+        name: "test".into(),
+        epoch: 1,
+        nodes,
+    }
+    .save(dir.path())
+    .unwrap();
+    let mut running = Vec::new();
+    for name in &names {
+        let store = Arc::new(mend_engine::store::MemoryStore::new());
+        running.push(
+            mend_engine::node::start(dir.path(), name, store)
+                .await
+                .unwrap(),
+        );
+    }
+    // Every node holds a value, so there is something to leak.
+    let member = transport::client_endpoint(&Credentials::for_client(dir.path()).unwrap()).unwrap();
+    for n in &running {
+        let peer = Peer::connect(&member, n.addr).await.unwrap();
+        write_secret(&peer).await;
+    }
+    (dir, running)
+}
+
+const SECRET: &[u8] = b"a value only members may read";
+
+fn secret_id() -> Id {
+    Id::from_key(b"secret")
+}
+
+async fn write_secret(peer: &Peer) {
+    let version = mend_engine::Version::of_value(SECRET, 1, 0);
+    let (mut send, mut recv) = peer
+        .open(&Request::Write {
+            id: secret_id(),
+            version,
+        })
+        .await
+        .unwrap();
+    send.write_all(SECRET).await.unwrap();
+    let _ = send.finish();
+    assert!(matches!(
+        peer.next(&mut recv).await.unwrap(),
+        Some(Response::Written(_))
+    ));
+}
+
+/// A client endpoint presenting no certificate at all (it trusts the cluster CA).
+fn endpoint_without_certificate(cluster: &Path) -> quinn::Endpoint {
+    let ca = Credentials::for_client(cluster).unwrap().ca;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![transport::ALPN.to_vec()];
+    let mut client = quinn::Endpoint::client(loopback()).unwrap();
+    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(tls).unwrap(),
+    )));
+    client
+}
+
+/// The three kinds of bad client, by name: a certificate of another CA, an expired one of
+/// the cluster's own CA, and none.
+fn bad_clients(cluster: &Path, scratch: &Path) -> Vec<(&'static str, quinn::Endpoint)> {
+    let other = ClusterCa::generate("other")
+        .unwrap()
+        .issue(Role::Client, "client", 1)
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let expired = ClusterCa::load(cluster)
+        .unwrap()
+        .issue_with_validity(
+            Role::Client,
+            "client",
+            now - time::Duration::days(10),
+            now - time::Duration::days(1),
+        )
+        .unwrap();
+    let dir_a = scratch.join("other");
+    let dir_b = scratch.join("expired");
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    vec![
+        (
+            "another CA",
+            transport::client_endpoint(&credentials(cluster, &dir_a, &other)).unwrap(),
+        ),
+        (
+            "expired",
+            transport::client_endpoint(&credentials(cluster, &dir_b, &expired)).unwrap(),
+        ),
+        ("no certificate", endpoint_without_certificate(cluster)),
+    ]
+}
+
+/// Tries everything a client would do on a raw QUIC connection: Hello, then asks for the
+/// route list and the value. Returns what came back on any stream (nothing, if refused)
+/// and the stream frames the connection received in all.
+async fn raw_attempt(ep: &quinn::Endpoint, addr: SocketAddr) -> (Vec<String>, u64) {
+    let conn = match ep.connect(addr, transport::SERVER_NAME).unwrap().await {
+        Ok(conn) => conn,
+        // Refused during the handshake, before a connection existed.
+        Err(_) => return (Vec::new(), 0),
+    };
+    let mut answers = Vec::new();
+    for req in [
+        Request::Hello {
+            protocol: PROTOCOL_VERSION,
+        },
+        Request::RouteList,
+        Request::Read { id: secret_id() },
+    ] {
+        let Ok((mut send, mut recv)) = conn.open_bi().await else {
+            break;
+        };
+        let _ = wire::write_frame(&mut send, &req).await;
+        let _ = send.finish();
+        match tokio::time::timeout(WAIT, wire::read_frame::<_, Response>(&mut recv)).await {
+            Ok(Ok(Some(answer))) => answers.push(format!("{answer:?}")),
+            Ok(_) => {}
+            Err(_) => panic!("neither an answer nor a refusal within {WAIT:?}"),
+        }
+        let mut rest = Vec::new();
+        if let Ok(Ok(n)) = tokio::time::timeout(
+            WAIT,
+            tokio::io::AsyncReadExt::read_to_end(&mut recv, &mut rest),
+        )
+        .await
+        {
+            if n > 0 {
+                answers.push(format!("{n} raw bytes"));
+            }
+        }
+    }
+    let _ = tokio::time::timeout(WAIT, conn.closed()).await;
+    (answers, conn.stats().frame_rx.stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_of_a_cluster_refuses_every_bad_client_and_sends_it_nothing() {
+    let (dir, nodes) = real_cluster(2, 2).await;
+    let scratch = tempfile::tempdir().unwrap();
+    for (kind, ep) in bad_clients(dir.path(), scratch.path()) {
+        for node in &nodes {
+            assert_refused(Peer::connect(&ep, node.addr).await);
+            let (answers, stream_frames) = raw_attempt(&ep, node.addr).await;
+            assert!(
+                answers.is_empty() && stream_frames == 0,
+                "{kind} client got {answers:?} ({stream_frames} stream frames) from {}",
+                node.id
+            );
+        }
+    }
+    // Members are still served by every node, and it was not for lack of data.
+    let member = transport::client_endpoint(&Credentials::for_client(dir.path()).unwrap()).unwrap();
+    for node in &nodes {
+        let peer = Peer::connect(&member, node.addr).await.unwrap();
+        match peer
+            .call(&Request::Lookup {
+                ids: vec![secret_id()],
+            })
+            .await
+            .unwrap()
+        {
+            Response::Records(r) => assert!(r[0].is_some(), "{}", node.id),
+            other => panic!("{other:?}"),
+        }
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn stray_datagrams_get_no_more_back_than_they_sent() {
+    let (_dir, nodes) = real_cluster(1, 2).await;
+    let socket = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+    // Garbage, a short-header packet for a connection that does not exist, and a long
+    // header with an unknown QUIC version: none opens anything; whatever comes back
+    // (a version negotiation, a stateless reset) is smaller than what was sent.
+    let mut unknown_version = vec![0xc0, 0x0a, 0x0a, 0x0a, 0x0a, 8];
+    unknown_version.extend_from_slice(&[1; 8]);
+    unknown_version.push(8);
+    unknown_version.extend_from_slice(&[2; 8]);
+    unknown_version.resize(1200, 0);
+    let probes: Vec<Vec<u8>> = vec![
+        vec![0xff; 1200],
+        {
+            let mut p = vec![0x40];
+            p.extend_from_slice(&[9; 1199]);
+            p
+        },
+        unknown_version,
+    ];
+    for node in &nodes {
+        for probe in &probes {
+            socket.send_to(probe, node.addr).await.unwrap();
+            let mut buf = vec![0u8; 65_536];
+            if let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf)).await
+            {
+                assert!(
+                    n < probe.len(),
+                    "{} answered {n} bytes to {}",
+                    node.id,
+                    probe.len()
+                );
+            }
+        }
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_never_pushes_to_a_peer_without_a_cluster_certificate() {
+    use mend_engine::route::{NodeEntry, PartitionRange, RouteList};
+    // g1n2 in the route list is an impostor: a node certificate of another cluster.
+    let dir = cluster(&["g1n1", "g1n2"]);
+    let impostor_cluster = cluster(&["g1n2"]);
+    let mut impostor = start_node(
+        &Credentials::for_node(impostor_cluster.path(), "g1n2").unwrap(),
+        "g1n2",
+    );
+    let half = |first, last| vec![PartitionRange { first, last }];
+    RouteList {
+        name: "test".into(),
+        epoch: 1,
+        nodes: vec![
+            NodeEntry {
+                id: "g1n1".into(),
+                group: 1,
+                addr: "127.0.0.1:0".into(),
+                data_dir: PathBuf::from("data/g1n1"),
+                partitions: half(0, 0x7fff),
+            },
+            NodeEntry {
+                id: "g1n2".into(),
+                group: 1,
+                addr: impostor.addr.to_string(),
+                data_dir: PathBuf::from("data/g1n2"),
+                partitions: half(0x8000, 0xffff),
+            },
+        ],
+    }
+    .save(dir.path())
+    .unwrap();
+    let node = mend_engine::node::start(
+        dir.path(),
+        "g1n1",
+        Arc::new(mend_engine::store::MemoryStore::new()),
+    )
+    .await
+    .unwrap();
+    let member = transport::client_endpoint(&Credentials::for_client(dir.path()).unwrap()).unwrap();
+    let peer = Peer::connect(&member, node.addr).await.unwrap();
+    write_secret(&peer).await;
+
+    let version = mend_engine::Version::of_value(SECRET, 1, 0);
+    let pushed = peer
+        .call(&Request::Push {
+            to: "g1n2".into(),
+            items: vec![(secret_id(), version)],
+        })
+        .await;
+    match pushed {
+        Err(TransportError::Remote { source, .. }) => {
+            assert_eq!(source.kind, ErrorKind::Unreachable, "{source}")
+        }
+        other => panic!("expected the push to be refused, got {other:?}"),
+    }
+    // The impostor's handshake failed: it never had a connection to read a value from.
+    match impostor.next_seen().await {
+        Seen::Refused(_) => {}
+        other => panic!("the impostor saw {other:?}"),
+    }
+    node.shutdown().await;
+}
