@@ -366,18 +366,19 @@ impl Plugin {
             loop {
                 let (number, line) = self.next_line(key, deadline, config, keys.len())?;
                 let at = |what: String| format!("output line {number}, key {}: {what}", key.id);
-                let message =
-                    parse(&line).map_err(|e| at(format!("{e}; the line: {}", quote(&line))))?;
-                match message {
-                    FromPlugin::Request(request) => {
+                match parse_line(key, &line).map_err(at)? {
+                    PluginLine::ValueRequest { replica } => {
                         let started = Instant::now();
-                        let answer = answer(key, &request, values).map_err(at)?;
+                        let answer = answer(key, replica, values);
                         // Reading values is the engine's time, not the plugin's.
                         deadline += started.elapsed();
                         self.send(&answer);
                     }
-                    FromPlugin::Decision(decision) => {
-                        decisions.push(decision.into_actions(key, merged).map_err(at)?);
+                    PluginLine::Decision { actions, value } => {
+                        if let Some(value) = value {
+                            merged.insert(key.id, value);
+                        }
+                        decisions.push(actions);
                         break;
                     }
                 }
@@ -658,6 +659,42 @@ enum WireAction {
     },
 }
 
+/// One line of a plugin's output, parsed and checked against the key being decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginLine {
+    /// A value request for a replica of the key that holds a live healthy value.
+    ValueRequest {
+        /// The replica's index in [`KeyState::replicas`].
+        replica: usize,
+    },
+    /// A decision about the key that [`validate`] accepts.
+    Decision {
+        /// The actions, in order.
+        actions: Vec<Action>,
+        /// The merged value the plugin gave (`value_hex`, at most [`MAX_VALUE_BYTES`]).
+        value: Option<Vec<u8>>,
+    },
+}
+
+/// Parses one line a plugin wrote while `key` is being decided, and checks it as the
+/// adapter does before acting on it (see the module docs). No I/O, so that it can be
+/// tested and fuzzed on its own; the error says what is wrong with the line, quoting it
+/// when it is not a value request or decision at all.
+pub fn parse_line(key: &KeyState, line: &[u8]) -> Result<PluginLine, String> {
+    match parse(line).map_err(|e| format!("{e}; the line: {}", quote(line)))? {
+        FromPlugin::Request(request) => {
+            check_request(key, &request)?;
+            Ok(PluginLine::ValueRequest {
+                replica: request.replica,
+            })
+        }
+        FromPlugin::Decision(decision) => {
+            let (actions, value) = decision.into_actions(key)?;
+            Ok(PluginLine::Decision { actions, value })
+        }
+    }
+}
+
 /// A line of output: a JSON object that is a value request (it has `request`) or a
 /// decision.
 fn parse(line: &[u8]) -> Result<FromPlugin, String> {
@@ -687,12 +724,8 @@ fn check_id(key: &KeyState, id: &str, what: &str) -> Result<(), String> {
     }
 }
 
-/// The answer to a value request about `key`.
-fn answer(
-    key: &KeyState,
-    request: &ValueRequest,
-    values: &dyn ValueFetch,
-) -> Result<ValueAnswer, String> {
+/// Checks that a value request names `key` and a replica of it with a live healthy value.
+fn check_request(key: &KeyState, request: &ValueRequest) -> Result<(), String> {
     check_id(key, &request.id, "value request")?;
     let replica = key.replicas.get(request.replica).ok_or_else(|| {
         format!(
@@ -701,35 +734,36 @@ fn answer(
             key.replicas.len()
         )
     })?;
-    let Some(version) = replica.healthy().filter(|v| !v.is_tombstone()) else {
+    if replica.healthy().filter(|v| !v.is_tombstone()).is_none() {
         return Err(format!(
             "value request for replica {} ({}), which holds no live healthy value",
             request.replica, replica.node
         ));
-    };
-    if version.size > MAX_VALUE_BYTES {
-        return Ok(ValueAnswer::Error(format!(
-            "the value is {} bytes, more than the {MAX_VALUE_BYTES} a plugin is given",
-            version.size
-        )));
     }
-    Ok(match values.fetch(key, request.replica) {
+    Ok(())
+}
+
+/// The answer to a value request for `replica` of `key`, which [`check_request`] passed.
+fn answer(key: &KeyState, replica: usize, values: &dyn ValueFetch) -> ValueAnswer {
+    let size = key.replicas[replica].healthy().map_or(0, |v| v.size);
+    if size > MAX_VALUE_BYTES {
+        return ValueAnswer::Error(format!(
+            "the value is {size} bytes, more than the {MAX_VALUE_BYTES} a plugin is given"
+        ));
+    }
+    match values.fetch(key, replica) {
         Ok(bytes) if bytes.len() as u64 > MAX_VALUE_BYTES => ValueAnswer::Error(format!(
             "the value is {} bytes, more than the {MAX_VALUE_BYTES} a plugin is given",
             bytes.len()
         )),
         Ok(bytes) => ValueAnswer::Value(hex::encode(bytes)),
         Err(why) => ValueAnswer::Error(format!("cannot read the value: {why}")),
-    })
+    }
 }
 
 impl Decision {
-    /// The engine's actions, validated; a merged value given is put in `merged`.
-    fn into_actions(
-        self,
-        key: &KeyState,
-        merged: &mut HashMap<Id, Vec<u8>>,
-    ) -> Result<Vec<Action>, String> {
+    /// The engine's actions, validated, and the merged value given, if any.
+    fn into_actions(self, key: &KeyState) -> Result<(Vec<Action>, Option<Vec<u8>>), String> {
         check_id(key, &self.id, "decision")?;
         let skip_reason = || {
             self.reason
@@ -787,10 +821,7 @@ impl Decision {
             }
         }
         validate(key, &actions).map_err(|e| format!("decision refused: {e}"))?;
-        if let Some(value) = value {
-            merged.insert(key.id, value);
-        }
-        Ok(actions)
+        Ok((actions, value))
     }
 }
 
@@ -1195,6 +1226,42 @@ mod tests {
             );
             assert!(err.contains(expected), "{err}");
         }
+    }
+
+    /// `parse_line` is what the fuzz target `plugin_decisions` drives; this pins its
+    /// answers for the documented forms without a plugin process.
+    #[test]
+    fn parse_line_checks_a_line_without_running_a_plugin() {
+        let k = key("a");
+        let line = format!(
+            r#"{{"id":"{}","actions":[{{"copy":{{"from":2,"to":[0]}}}}]}}"#,
+            k.id
+        );
+        // Replica 2 holds nothing to copy.
+        let err = parse_line(&k, line.as_bytes()).unwrap_err();
+        assert!(err.starts_with("decision refused"), "{err}");
+        let line = format!(
+            r#"{{"id":"{}","actions":[{{"merge":{{"sources":[0,1],"to":[2],"value_hex":"6869"}}}}]}}"#,
+            k.id
+        );
+        assert_eq!(
+            parse_line(&k, line.as_bytes()),
+            Ok(PluginLine::Decision {
+                actions: vec![Action::Merge {
+                    sources: vec![0, 1],
+                    to: vec![2],
+                }],
+                value: Some(b"hi".to_vec()),
+            })
+        );
+        let line = format!(r#"{{"request":"value","id":"{}","replica":1}}"#, k.id);
+        assert_eq!(
+            parse_line(&k, line.as_bytes()),
+            Ok(PluginLine::ValueRequest { replica: 1 })
+        );
+        let err = parse_line(&k, b"\xff{").unwrap_err();
+        assert!(err.starts_with("not a JSON object"), "{err}");
+        assert!(err.contains("the line: \"\u{fffd}{\""), "{err}");
     }
 
     #[test]
