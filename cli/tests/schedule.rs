@@ -296,18 +296,9 @@ fn a_dc_run_killed_halfway_resumes_without_repeating_done_ranges() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut run_dir = None;
-    wait_for("a journaled range batch", &mut dc, || {
-        run_dir = std::fs::read_dir(&tmp)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .next();
-        run_dir.as_deref().is_some_and(|d| !journal(d).is_empty())
-    });
+    let run_dir = await_journaled_dir(&tmp, &mut dc);
     dc.kill().unwrap();
     dc.wait().unwrap();
-    let run_dir = run_dir.unwrap();
     let before = journal(&run_dir);
     assert!((1..16).contains(&before.len()), "{before:?}");
     let done: BTreeSet<usize> = journal_indexes(&before).into_iter().collect();
@@ -379,19 +370,10 @@ fn sigterm_stops_a_dc_run_after_its_current_batch_and_it_resumes() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut run_dir = None;
-    wait_for("a journaled range batch", &mut dc, || {
-        run_dir = std::fs::read_dir(&tmp)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .next();
-        run_dir.as_deref().is_some_and(|d| !journal(d).is_empty())
-    });
+    let run_dir = await_journaled_dir(&tmp, &mut dc);
     sigterm(&dc);
     let status = wait_exit(&mut dc);
     let err = std::fs::read_to_string(&log).unwrap();
-    let run_dir = run_dir.unwrap();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(
         err.contains(&format!("--resume {}", run_dir.display())),
@@ -490,6 +472,20 @@ interval = "1h"
         "{j}"
     );
     assert_everywhere(&c, &keys);
+}
+
+/// Waits until the run dir `dc` makes in `tmp` has journaled a range batch; that run dir.
+fn await_journaled_dir(tmp: &Path, dc: &mut Child) -> PathBuf {
+    let mut run_dir = None;
+    wait_for("a journaled range batch", dc, || {
+        run_dir = std::fs::read_dir(tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .next();
+        run_dir.as_deref().is_some_and(|d| !journal(d).is_empty())
+    });
+    run_dir.expect("a run dir")
 }
 
 /// Polls the job's state until its current run has journaled a range batch; its run dir.
