@@ -111,7 +111,8 @@ def main():
     grouped(a_rec, [(c.split(" (")[0] + ("\n(real nodes)" if "real" in c else ""),
                      [r for r in rec if r["case"] == c]) for c in order],
             lambda r: num(r["wire_bytes"]), "bytes (log)",
-            label_fmt=lambda r, v: f"{v / 1e3:,.1f} kB\n{r['round_trips']} rt")
+            label_fmt=lambda r, v: (f"{v / 1e6:,.1f} MB" if v >= 1e7 else f"{v / 1e3:,.1f} kB")
+            + f"\n{r['round_trips']} rt")
     n_ids = next((r["n"] for r in rec if "in memory" in r["case"]), "?")
     a_rec.set_title(f"Reconciliation of {n_ids} ids, d differing: mend vs negentropy\n"
                     "(mend: 64-byte ids, one client asking both replicas; negentropy: 32-byte ids)",

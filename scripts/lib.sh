@@ -44,7 +44,7 @@ stop_cluster() {
     wait "$NODE_PID" 2>/dev/null || true
     NODE_PID=""
   fi
-  exec 3<&- 2>/dev/null || true
+  { exec 3<&-; } 2>/dev/null || true
 }
 
 node_peak_rss_kib() {
