@@ -294,8 +294,11 @@ pub enum Holder {
 
 impl Drop for JobLock {
     fn drop(&mut self) {
-        // An empty file is a released lock; closing the file releases the flock.
+        // An empty file is a released lock. Unlock explicitly rather than by closing: a
+        // child forked at this moment (a plugin, or another test's process) shares the
+        // open file description until its exec, and would hold the flock with it.
         let _ = self.file.set_len(0);
+        let _ = self.file.unlock();
     }
 }
 
