@@ -92,6 +92,7 @@ pub async fn by_fingerprints(
         report.stats.rounds += stats.rounds;
         report.stats.ranges_fingerprinted += stats.ranges_fingerprinted;
         report.stats.ranges_listed += stats.ranges_listed;
+        report.stats.asks_spared += stats.asks_spared;
         report
             .differences
             .extend(diffs.into_iter().map(|(id, records)| Difference {
@@ -111,8 +112,9 @@ pub async fn compare_range(
 ) -> Result<(crate::reconcile::Differences, CompareStats), ClientError> {
     let peers = try_join_all(planned.owners.iter().map(|n| client.peer(n))).await?;
     let mut rec = Reconcile::new(vec![planned.partitions.ids()], peers.len(), config);
-    while let Some(round) = rec.next_round() {
-        let answers = try_join_all(peers.iter().map(|p| ask(p, &round))).await?;
+    while let Some(rounds) = rec.next_round() {
+        let answers =
+            try_join_all(peers.iter().zip(&rounds).map(|(p, round)| ask(p, round))).await?;
         rec.answer(answers).map_err(|e| ClientError::Unexpected {
             node: planned
                 .owners
@@ -127,8 +129,11 @@ pub async fn compare_range(
 }
 
 /// Sends one round to one replica: the three kinds of asks at once, each cut to the
-/// request limits, on parallel streams.
+/// request limits, on parallel streams (nothing for an empty round).
 async fn ask(peer: &Peer, round: &Round) -> Result<Answers, ClientError> {
+    if round.is_empty() {
+        return Ok(Answers::default());
+    }
     let per_request = (65_536 / usize::from(round.split.max(1))).max(1);
     let fingerprints = try_join_all(round.fingerprints.chunks(per_request).map(
         |ranges| async move {

@@ -131,14 +131,23 @@ impl Fingerprint {
     }
 
     fn subtract(&mut self, element: &[u8; 32]) {
-        let mut carry = 0u16;
-        // self.sum - element, as 256-bit little-endian numbers.
-        for (a, b) in self.sum.iter_mut().zip(element.iter()) {
-            let d = i32::from(*a) - i32::from(*b) - i32::from(carry);
-            carry = u16::from(d < 0);
-            *a = d.rem_euclid(256) as u8;
-        }
+        sub_sum(&mut self.sum, element);
         self.count = self.count.wrapping_sub(1);
+    }
+
+    /// What a fingerprint received on the wire leaves once `parts` (disjoint subsets of
+    /// its set, also as received) are taken out: the fingerprint of the rest, as the wire
+    /// would carry it. Sums are truncated alike on the wire and additive modulo 2^128, so
+    /// this equals the rest's own fingerprint; a count that would go below zero (the set
+    /// changed between the two answers) stops at zero.
+    pub fn less(&self, parts: &[Fingerprint]) -> Fingerprint {
+        let mut rest = *self;
+        for p in parts {
+            sub_sum(&mut rest.sum, &p.sum);
+            rest.count = rest.count.saturating_sub(p.count);
+        }
+        rest.sum[WIRE_SUM_BYTES..].fill(0);
+        rest
     }
 
     /// Adds another fingerprint (union of disjoint sets).
@@ -178,6 +187,16 @@ impl Fingerprint {
     }
 }
 
+/// `sum -= other`, as 256-bit little-endian numbers.
+fn sub_sum(sum: &mut [u8; 32], other: &[u8; 32]) {
+    let mut borrow = 0i32;
+    for (a, b) in sum.iter_mut().zip(other.iter()) {
+        let d = i32::from(*a) - i32::from(*b) - borrow;
+        borrow = i32::from(d < 0);
+        *a = d.rem_euclid(256) as u8;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +227,26 @@ mod tests {
             let mut sum = Fingerprint::of([(&ia, &va)]);
             sum.add(&Fingerprint::of([(&ib, &vb)]));
             prop_assert_eq!(sum, Fingerprint::of([(&ib, &vb), (&ia, &va)]));
+        }
+
+        #[test]
+        fn the_rest_of_a_set_follows_from_the_wire_fingerprints_of_its_parts(
+            keys in proptest::collection::vec((any::<u32>(), 0usize..4), 0..60),
+        ) {
+            let wire = |fp: &Fingerprint| -> Fingerprint {
+                let cfg = bincode::config::standard();
+                let bytes = bincode::encode_to_vec(fp, cfg).unwrap();
+                bincode::decode_from_slice(&bytes, cfg).unwrap().0
+            };
+            let mut whole = Fingerprint::EMPTY;
+            let mut parts = [Fingerprint::EMPTY; 4];
+            for (k, part) in &keys {
+                let (id, v) = (Id::from_key(&k.to_le_bytes()), Version::tombstone(u64::from(*k)));
+                whole.insert(&id, &v);
+                parts[*part].insert(&id, &v);
+            }
+            let sent: Vec<Fingerprint> = parts[..3].iter().map(wire).collect();
+            prop_assert_eq!(wire(&whole).less(&sent), wire(&parts[3]));
         }
     }
 }

@@ -686,7 +686,8 @@ async fn iterate(
     Ok(())
 }
 
-/// Fingerprints of `ranges`, each cut into `split` equal parts of the id space. Whole
+/// Fingerprints of `ranges`, each cut into `split` equal parts of the id space, all but
+/// the last part when `split` > 1 ([`crate::reconcile::parts_sent`]). Whole
 /// partitions come from the maintained per-partition fingerprints; parts inside a
 /// partition are computed from the versions (a partition holds few keys).
 pub fn fingerprints(
@@ -694,9 +695,10 @@ pub fn fingerprints(
     ranges: &[IdRange],
     split: u16,
 ) -> Result<Vec<Fingerprint>, StoreError> {
-    let mut out = Vec::with_capacity(ranges.len() * usize::from(split));
+    let sent = crate::reconcile::parts_sent(split);
+    let mut out = Vec::with_capacity(ranges.len() * sent);
     for range in ranges {
-        for part in crate::id::split_range(range, split) {
+        for part in crate::id::split_range(range, split).into_iter().take(sent) {
             out.push(range_fingerprint(store, &part)?);
         }
     }

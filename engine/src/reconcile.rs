@@ -7,8 +7,15 @@
 //! the rounds over QUIC, all replicas and all asks of a round at once, so the number of
 //! round trips is the depth of the descent plus two, whatever the number of differences.
 //!
+//! Replicas whose fingerprints of a range agree hold the same items there, so below that
+//! range each group of agreeing replicas is asked once, through one of them, and its
+//! answer stands for all: with three groups of which one diverged, the comparison costs
+//! what two groups cost. Each replica therefore gets its own [`Round`] (empty when it has
+//! nothing to answer).
+//!
 //! A round asks, all in parallel:
-//! - fingerprints of ranges still to descend, each split [`Config::split`] ways;
+//! - fingerprints of ranges still to descend, each split [`Config::split`] ways (all
+//!   parts but the last, which follows from the range's own fingerprint: [`parts_sent`]);
 //! - item summaries (an 8-byte id prefix and an 8-byte hash of id and record) of ranges
 //!   small enough to list ([`Config::leaf_items`]);
 //! - full records of the items whose summaries differ, by id prefix.
@@ -73,7 +80,7 @@ pub fn id_prefix(id: &Id) -> u64 {
     u64::from_be_bytes(id.0[..8].try_into().expect("8 bytes"))
 }
 
-/// What to ask every replica in one round. Empty parts are not sent.
+/// What to ask one replica in one round. Empty parts are not sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Round {
     /// Fingerprints of these ranges, each split `split` ways.
@@ -93,7 +100,7 @@ impl Round {
     }
 }
 
-/// One replica's answers to a [`Round`], in the order asked.
+/// One replica's answers to its [`Round`], in the order asked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Answers {
     /// `split` fingerprints per asked range.
@@ -127,6 +134,75 @@ pub struct CompareStats {
     pub ranges_fingerprinted: u64,
     /// Ranges listed as summaries.
     pub ranges_listed: u64,
+    /// Asks not sent because the replica agreed with another one asked instead.
+    pub asks_spared: u64,
+}
+
+/// Fingerprints a node sends per range split `split` ways: every part when 1, all but the
+/// last otherwise, which the asker derives from the range's own fingerprint (sums are
+/// additive): one fingerprint in `split` is never sent.
+pub fn parts_sent(split: u16) -> usize {
+    match split {
+        0 | 1 => 1,
+        n => usize::from(n) - 1,
+    }
+}
+
+/// What is asked about one range.
+#[derive(Debug, Clone)]
+enum Ask {
+    /// The range split in parts, with its own fingerprint per class (none in the first
+    /// round, which asks whole ranges unsplit).
+    Fingerprints(IdRange, Vec<Fingerprint>),
+    Summaries(IdRange),
+    Records(IdRange, Vec<u64>),
+}
+
+/// An ask and which replicas agree on its range: `classes[r]` is replica `r`'s class,
+/// numbered by first appearance. Replicas whose fingerprints of a range are equal hold the
+/// same items there, so each class is asked once, through its first replica, and its
+/// answer stands for every member: with three groups of which one diverged, the two that
+/// agree cost one answer.
+#[derive(Debug, Clone)]
+struct Pending {
+    ask: Ask,
+    classes: Vec<usize>,
+}
+
+/// The classes of `values` (one per replica): equal values share a class, numbered by
+/// first appearance.
+fn classes_of<T: PartialEq>(values: &[T]) -> Vec<usize> {
+    let mut firsts: Vec<&T> = Vec::new();
+    values
+        .iter()
+        .map(|v| match firsts.iter().position(|f| *f == v) {
+            Some(c) => c,
+            None => {
+                firsts.push(v);
+                firsts.len() - 1
+            }
+        })
+        .collect()
+}
+
+/// The first replica of each class: who is asked for it.
+fn representatives(classes: &[usize]) -> Vec<usize> {
+    let count = classes.iter().max().map_or(0, |c| c + 1);
+    (0..count)
+        .map(|c| {
+            classes
+                .iter()
+                .position(|&k| k == c)
+                .expect("classes are numbered by first appearance")
+        })
+        .collect()
+}
+
+/// A pending ask as sent: for each class, its position in the representative's round.
+#[derive(Debug)]
+struct Asked {
+    pending: Pending,
+    slots: Vec<usize>,
 }
 
 /// A comparison in progress. See the module docs.
@@ -134,8 +210,9 @@ pub struct CompareStats {
 pub struct Reconcile {
     config: Config,
     replicas: usize,
-    next: Round,
-    asked: Option<Round>,
+    split: u16,
+    next: Vec<Pending>,
+    asked: Option<(Vec<Round>, Vec<Asked>)>,
     differences: BTreeMap<Id, Vec<Option<Record>>>,
     stats: CompareStats,
 }
@@ -147,153 +224,181 @@ impl Reconcile {
             split: config.split.max(2),
             leaf_items: config.leaf_items.max(1),
         };
+        let replicas = replicas.max(1);
         Reconcile {
             config,
-            replicas: replicas.max(1),
-            // The first round asks each whole range's fingerprint: one small round when
-            // the replicas agree.
-            next: Round {
-                fingerprints: ranges.into_iter().filter(|r| !r.is_empty()).collect(),
-                split: 1,
-                ..Round::default()
-            },
+            replicas,
+            // The first round asks each whole range's fingerprint of every replica: one
+            // small round when the replicas agree.
+            split: 1,
+            next: ranges
+                .into_iter()
+                .filter(|r| !r.is_empty())
+                .map(|r| Pending {
+                    ask: Ask::Fingerprints(r, Vec::new()),
+                    classes: (0..replicas).collect(),
+                })
+                .collect(),
             asked: None,
             differences: BTreeMap::new(),
             stats: CompareStats::default(),
         }
     }
 
-    /// The next round to ask every replica, or `None` when the comparison is complete.
-    pub fn next_round(&mut self) -> Option<Round> {
+    /// The next round, one [`Round`] per replica (empty for a replica with nothing to
+    /// answer), or `None` when the comparison is complete.
+    pub fn next_round(&mut self) -> Option<Vec<Round>> {
         assert!(self.asked.is_none(), "answer the previous round first");
         if self.next.is_empty() {
             return None;
         }
-        let round = std::mem::replace(
-            &mut self.next,
+        let split = std::mem::replace(&mut self.split, self.config.split);
+        let mut rounds = vec![
             Round {
-                split: self.config.split,
+                split,
                 ..Round::default()
-            },
-        );
+            };
+            self.replicas
+        ];
+        let mut asked = Vec::with_capacity(self.next.len());
+        for pending in std::mem::take(&mut self.next) {
+            let reps = representatives(&pending.classes);
+            self.stats.asks_spared += (self.replicas - reps.len()) as u64;
+            match &pending.ask {
+                Ask::Fingerprints(..) => self.stats.ranges_fingerprinted += 1,
+                Ask::Summaries(_) => self.stats.ranges_listed += 1,
+                Ask::Records(..) => {}
+            }
+            let slots = reps
+                .iter()
+                .map(|&r| {
+                    let round = &mut rounds[r];
+                    match &pending.ask {
+                        Ask::Fingerprints(range, _) => {
+                            round.fingerprints.push(*range);
+                            round.fingerprints.len() - 1
+                        }
+                        Ask::Summaries(range) => {
+                            round.summaries.push(*range);
+                            round.summaries.len() - 1
+                        }
+                        Ask::Records(range, prefixes) => {
+                            round.records.push((*range, prefixes.clone()));
+                            round.records.len() - 1
+                        }
+                    }
+                })
+                .collect();
+            asked.push(Asked { pending, slots });
+        }
         self.stats.rounds += 1;
-        self.stats.ranges_fingerprinted += round.fingerprints.len() as u64;
-        self.stats.ranges_listed += round.summaries.len() as u64;
-        self.asked = Some(round.clone());
-        Some(round)
+        self.asked = Some((rounds.clone(), asked));
+        Some(rounds)
     }
 
-    /// Takes every replica's answers to the round last returned by [`Reconcile::next_round`].
+    /// Takes every replica's answers to its round last returned by
+    /// [`Reconcile::next_round`] (in replica order; empty for an empty round).
     pub fn answer(&mut self, answers: Vec<Answers>) -> Result<(), AnswerMismatch> {
-        let round = self.asked.take().expect("a round was asked");
-        self.check(&round, &answers)?;
-        self.take_fingerprints(&round, &answers);
-        self.take_summaries(&round, &answers);
-        self.take_records(&answers);
+        let (rounds, asked) = self.asked.take().expect("a round was asked");
+        if let Err(e) = check(&rounds, &answers) {
+            self.asked = Some((rounds, asked));
+            return Err(e);
+        }
+        let split = rounds.first().map_or(1, |r| r.split);
+        for Asked { pending, slots } in asked {
+            let reps = representatives(&pending.classes);
+            // The answer of class `c`, from its representative.
+            let of = |c: usize| &answers[reps[c]];
+            match pending.ask {
+                Ask::Fingerprints(range, parents) => {
+                    let sent = parts_sent(split);
+                    // Each class's fingerprints of every part, the last derived.
+                    let by_class: Vec<Vec<Fingerprint>> = (0..reps.len())
+                        .map(|c| {
+                            let got = &of(c).fingerprints[slots[c] * sent..][..sent];
+                            let mut all = got.to_vec();
+                            if split > 1 {
+                                all.push(parents[c].less(got));
+                            }
+                            all
+                        })
+                        .collect();
+                    self.take_fingerprints(range, split, &pending.classes, &by_class)
+                }
+                Ask::Summaries(range) => {
+                    let lists: Vec<&Vec<Summary>> = (0..reps.len())
+                        .map(|c| &of(c).summaries[slots[c]])
+                        .collect();
+                    if let Some(differing) = differing_prefixes(&lists) {
+                        self.next.push(Pending {
+                            ask: Ask::Records(range, differing),
+                            classes: pending.classes,
+                        });
+                    }
+                }
+                Ask::Records(..) => {
+                    let lists: Vec<&Vec<(Id, Record)>> =
+                        (0..reps.len()).map(|c| &of(c).records[slots[c]]).collect();
+                    self.take_records(&pending.classes, &lists);
+                }
+            }
+        }
         Ok(())
     }
 
-    fn check(&self, round: &Round, answers: &[Answers]) -> Result<(), AnswerMismatch> {
-        if answers.len() != self.replicas {
-            return Err(AnswerMismatch {
-                replica: answers.len(),
-                what: "replica answers",
-                expected: self.replicas,
-                got: answers.len(),
+    fn take_fingerprints(
+        &mut self,
+        range: IdRange,
+        split: u16,
+        classes: &[usize],
+        by_class: &[Vec<Fingerprint>],
+    ) {
+        let parts = if split == 1 {
+            vec![range]
+        } else {
+            split_range(&range, split)
+        };
+        for (j, part) in parts.into_iter().enumerate() {
+            let fps: Vec<&Fingerprint> = classes.iter().map(|&c| &by_class[c][j]).collect();
+            let part_classes = classes_of(&fps);
+            if part_classes.iter().all(|&c| c == 0) {
+                continue;
+            }
+            let most = fps.iter().map(|f| f.count).max().unwrap_or(0);
+            // A part that cannot be split further is listed whatever its size.
+            let splittable = split_range(&part, self.config.split)
+                .iter()
+                .filter(|p| !p.is_empty())
+                .count()
+                > 1;
+            let ask = if most <= self.config.leaf_items || !splittable {
+                Ask::Summaries(part)
+            } else {
+                let parents = representatives(&part_classes)
+                    .into_iter()
+                    .map(|r| *fps[r])
+                    .collect();
+                Ask::Fingerprints(part, parents)
+            };
+            self.next.push(Pending {
+                ask,
+                classes: part_classes,
             });
         }
-        for (replica, a) in answers.iter().enumerate() {
-            let checks = [
-                (
-                    "fingerprints",
-                    round.fingerprints.len() * usize::from(round.split),
-                    a.fingerprints.len(),
-                ),
-                ("summary lists", round.summaries.len(), a.summaries.len()),
-                ("record lists", round.records.len(), a.records.len()),
-            ];
-            for (what, expected, got) in checks {
-                if expected != got {
-                    return Err(AnswerMismatch {
-                        replica,
-                        what,
-                        expected,
-                        got,
-                    });
-                }
-            }
-        }
-        Ok(())
     }
 
-    fn take_fingerprints(&mut self, round: &Round, answers: &[Answers]) {
-        let split = usize::from(round.split);
-        for (i, range) in round.fingerprints.iter().enumerate() {
-            let parts = if split == 1 {
-                vec![*range]
-            } else {
-                split_range(range, round.split)
-            };
-            for (j, part) in parts.into_iter().enumerate() {
-                let fps: Vec<&Fingerprint> = answers
-                    .iter()
-                    .map(|a| &a.fingerprints[i * split + j])
-                    .collect();
-                if fps.iter().all(|f| *f == fps[0]) {
-                    continue;
-                }
-                let most = fps.iter().map(|f| f.count).max().unwrap_or(0);
-                // A part that cannot be split further is listed whatever its size.
-                let splittable = split_range(&part, self.config.split)
-                    .iter()
-                    .filter(|p| !p.is_empty())
-                    .count()
-                    > 1;
-                if most <= self.config.leaf_items || !splittable {
-                    self.next.summaries.push(part);
-                } else {
-                    self.next.fingerprints.push(part);
-                }
-            }
-        }
-    }
-
-    fn take_summaries(&mut self, round: &Round, answers: &[Answers]) {
-        for (i, range) in round.summaries.iter().enumerate() {
-            // For each id prefix, the summaries each replica holds.
-            let mut by_prefix: BTreeMap<u64, Vec<BTreeSet<u64>>> = BTreeMap::new();
-            for (r, a) in answers.iter().enumerate() {
-                for (prefix, hash) in &a.summaries[i] {
-                    by_prefix
-                        .entry(*prefix)
-                        .or_insert_with(|| vec![BTreeSet::new(); self.replicas])[r]
-                        .insert(*hash);
-                }
-            }
-            let differing: Vec<u64> = by_prefix
-                .into_iter()
-                .filter(|(_, sets)| sets.iter().any(|s| *s != sets[0]))
-                .map(|(p, _)| p)
-                .collect();
-            if !differing.is_empty() {
-                self.next.records.push((*range, differing));
-            }
-        }
-    }
-
-    fn take_records(&mut self, answers: &[Answers]) {
+    fn take_records(&mut self, classes: &[usize], lists: &[&Vec<(Id, Record)>]) {
         let mut found: BTreeMap<Id, Vec<Option<Record>>> = BTreeMap::new();
-        for (r, a) in answers.iter().enumerate() {
-            for (id, record) in a.records.iter().flatten() {
-                found
-                    .entry(*id)
-                    .or_insert_with(|| vec![None; self.replicas])[r] = Some(*record);
+        for (c, list) in lists.iter().enumerate() {
+            for (id, record) in list.iter() {
+                found.entry(*id).or_insert_with(|| vec![None; lists.len()])[c] = Some(*record);
             }
         }
         // Items that merely share a prefix with a differing one are dropped here.
-        for (id, records) in found {
-            if differ(&records) {
-                self.differences.insert(id, records);
+        for (id, by_class) in found {
+            if differ(&by_class) {
+                self.differences
+                    .insert(id, classes.iter().map(|&c| by_class[c]).collect());
             }
         }
     }
@@ -314,6 +419,59 @@ impl Reconcile {
     }
 }
 
+/// Checks that each replica answered exactly what its round asked.
+fn check(rounds: &[Round], answers: &[Answers]) -> Result<(), AnswerMismatch> {
+    if answers.len() != rounds.len() {
+        return Err(AnswerMismatch {
+            replica: answers.len(),
+            what: "replica answers",
+            expected: rounds.len(),
+            got: answers.len(),
+        });
+    }
+    for (replica, (round, a)) in rounds.iter().zip(answers).enumerate() {
+        let checks = [
+            (
+                "fingerprints",
+                round.fingerprints.len() * parts_sent(round.split),
+                a.fingerprints.len(),
+            ),
+            ("summary lists", round.summaries.len(), a.summaries.len()),
+            ("record lists", round.records.len(), a.records.len()),
+        ];
+        for (what, expected, got) in checks {
+            if expected != got {
+                return Err(AnswerMismatch {
+                    replica,
+                    what,
+                    expected,
+                    got,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The id prefixes whose summaries differ between the lists (one per class), if any.
+fn differing_prefixes(lists: &[&Vec<Summary>]) -> Option<Vec<u64>> {
+    let mut by_prefix: BTreeMap<u64, Vec<BTreeSet<u64>>> = BTreeMap::new();
+    for (c, list) in lists.iter().enumerate() {
+        for (prefix, hash) in list.iter() {
+            by_prefix
+                .entry(*prefix)
+                .or_insert_with(|| vec![BTreeSet::new(); lists.len()])[c]
+                .insert(*hash);
+        }
+    }
+    let differing: Vec<u64> = by_prefix
+        .into_iter()
+        .filter(|(_, sets)| sets.iter().any(|s| *s != sets[0]))
+        .map(|(p, _)| p)
+        .collect();
+    (!differing.is_empty()).then_some(differing)
+}
+
 /// Answers a [`Round`] from one replica's items, given in id order: the reference
 /// implementation of what a node computes, used by tests and by in-process models.
 pub fn answer_from_items(round: &Round, items: &BTreeMap<Id, Record>) -> Answers {
@@ -331,7 +489,7 @@ pub fn answer_from_items(round: &Round, items: &BTreeMap<Id, Record>) -> Answers
         } else {
             split_range(range, round.split)
         };
-        for part in parts {
+        for part in parts.into_iter().take(parts_sent(round.split)) {
             let mut fp = Fingerprint::EMPTY;
             for (id, record) in in_range(&part) {
                 fp.insert_record(id, record);
@@ -364,10 +522,11 @@ mod tests {
 
     fn run(replicas: &[BTreeMap<Id, Record>], config: Config) -> (Differences, CompareStats) {
         let mut rec = Reconcile::new(vec![IdRange::ALL], replicas.len(), config);
-        while let Some(round) = rec.next_round() {
+        while let Some(rounds) = rec.next_round() {
             let answers = replicas
                 .iter()
-                .map(|items| answer_from_items(&round, items))
+                .zip(&rounds)
+                .map(|(items, round)| answer_from_items(round, items))
                 .collect();
             rec.answer(answers).unwrap();
         }
@@ -495,8 +654,48 @@ mod tests {
     #[test]
     fn a_wrong_number_of_answers_is_an_error() {
         let mut rec = Reconcile::new(vec![IdRange::ALL], 2, Config::default());
-        let round = rec.next_round().unwrap();
-        let one = answer_from_items(&round, &BTreeMap::new());
+        let rounds = rec.next_round().unwrap();
+        let one = answer_from_items(&rounds[0], &BTreeMap::new());
         assert!(rec.answer(vec![one]).is_err());
+    }
+
+    #[test]
+    fn replicas_that_agree_on_a_range_are_asked_once_for_it() {
+        let base: BTreeMap<Id, Record> = (0..20_000u32)
+            .map(|k| (Id::from_key(&k.to_le_bytes()), record(1, false, false)))
+            .collect();
+        let mut diverged = base.clone();
+        for k in 0..100u32 {
+            diverged.insert(
+                Id::from_key(&(k * 13).to_le_bytes()),
+                record(5, false, false),
+            );
+        }
+        // Replicas 0 and 2 agree everywhere; replica 1 diverged.
+        let replicas = [base.clone(), diverged, base];
+        let mut rec = Reconcile::new(vec![IdRange::ALL], 3, Config::default());
+        let mut asked = [0usize; 3];
+        while let Some(rounds) = rec.next_round() {
+            for (n, round) in asked.iter_mut().zip(&rounds) {
+                *n += usize::from(!round.is_empty());
+            }
+            let answers = replicas
+                .iter()
+                .zip(&rounds)
+                .map(|(items, round)| answer_from_items(round, items))
+                .collect();
+            rec.answer(answers).unwrap();
+        }
+        let rounds = rec.stats().rounds as usize;
+        assert!(rounds > 3, "a real descent: {rounds} rounds");
+        assert_eq!(asked[0], rounds);
+        assert_eq!(asked[1], rounds);
+        assert_eq!(asked[2], 1, "replica 2 answers only the first round");
+        assert!(rec.stats().asks_spared > 0);
+        let found = rec.into_differences();
+        assert_eq!(found.len(), 100);
+        assert!(found
+            .iter()
+            .all(|(_, rs)| rs[0] == rs[2] && rs[0] != rs[1] && rs[0].is_some()));
     }
 }

@@ -20,7 +20,7 @@ use crate::store::PutOutcome;
 use crate::version::{Record, Version};
 
 /// The protocol version spoken by this build; a peer with another one is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame payload either side sends or accepts.
 pub const MAX_FRAME: usize = 8 << 20;
@@ -73,7 +73,8 @@ pub enum Request {
         /// Only versions whose user_flags share a bit with one of these (empty: all).
         user_flags: Vec<u64>,
     },
-    /// Fingerprints of `ranges`, each split into `split` equal parts of the id space.
+    /// Fingerprints of `ranges`, each split into `split` equal parts of the id space
+    /// (all parts but the last when `split` > 1).
     Fingerprints {
         /// The ranges to fingerprint.
         ranges: Vec<IdRange>,
@@ -195,7 +196,9 @@ pub enum Response {
     Records(Vec<Option<Record>>),
     /// A batch of [`Request::Iterate`]; more follow until [`Response::End`].
     Iterated(Vec<(Id, Record)>),
-    /// Answer to [`Request::Fingerprints`]: `split` fingerprints per range, in order.
+    /// Answer to [`Request::Fingerprints`]: per range, in order, the fingerprint of each
+    /// part, but the last when `split` > 1 ([`crate::reconcile::parts_sent`]): the asker
+    /// derives it from the range's own fingerprint.
     Fingerprints(Vec<Fingerprint>),
     /// Answer to [`Request::Summaries`]: one list per range, in id order.
     Summaries(Vec<Vec<(u64, u64)>>),
