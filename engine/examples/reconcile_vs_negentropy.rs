@@ -163,11 +163,18 @@ fn ask(store: &dyn Store, round: &Round) -> (Answers, u64) {
 
 fn mend_side(a: &MemoryStore, b: &MemoryStore) -> Outcome {
     let started = Instant::now();
-    let mut rec = Reconcile::new(vec![IdRange::partitions(0, u16::MAX)], 2, Config::default());
+    // MEND_SPLIT and MEND_LEAF_ITEMS try other tunings than the default.
+    let tuning = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let default = Config::default();
+    let config = Config {
+        split: tuning("MEND_SPLIT").map_or(default.split, |s| s.clamp(2, 256) as u16),
+        leaf_items: tuning("MEND_LEAF_ITEMS").unwrap_or(default.leaf_items),
+    };
+    let mut rec = Reconcile::new(vec![IdRange::partitions(0, u16::MAX)], 2, config);
     let (mut bytes, mut one_side_bytes) = (0, 0);
-    while let Some(round) = rec.next_round() {
-        let (ans_a, bytes_a) = ask(a, &round);
-        let (ans_b, bytes_b) = ask(b, &round);
+    while let Some(rounds) = rec.next_round() {
+        let (ans_a, bytes_a) = ask(a, &rounds[0]);
+        let (ans_b, bytes_b) = ask(b, &rounds[1]);
         bytes += bytes_a + bytes_b;
         one_side_bytes += bytes_b;
         rec.answer(vec![ans_a, ans_b])
