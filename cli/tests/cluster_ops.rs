@@ -190,15 +190,17 @@ fn a_node_restarted_after_kill_9_resets_the_connections_to_its_old_process() {
     let client = rt.block_on(c.engine_client());
     let node = client.route().nodes[0].clone();
     let id = mend_engine::Id::from_key(b"k");
-    // A pooled connection to the first process.
+    // A pooled connection to the first process, held here so that the request below goes
+    // over it even if a keep-alive already met the reset (the pool would then redial).
     rt.block_on(client.lookup_on(&node, &[id])).unwrap();
+    let old = rt.block_on(client.peer(&node)).unwrap();
     nodes.kill9("g1n1");
     let restarted = c.start_node("g1n1");
     nodes.procs.insert("g1n1".into(), restarted);
     // The new process (same address, same key) answers the old connection's packets with
     // a stateless reset: the request fails as reset, not after the idle timeout.
     let err = rt
-        .block_on(client.lookup_on(&node, &[id]))
+        .block_on(old.call(&mend_engine::wire::Request::Lookup { ids: vec![id] }))
         .expect_err("the old connection is gone")
         .to_string();
     assert!(err.contains("reset"), "{err}");
