@@ -769,7 +769,7 @@ fn for_each_record(
 pub fn summaries(
     store: &dyn Store,
     ranges: &[IdRange],
-) -> Result<Vec<Vec<(u64, u64)>>, StoreError> {
+) -> Result<Vec<Vec<crate::reconcile::Summary>>, StoreError> {
     let mut budget = wire::MAX_LIST_ITEMS;
     ranges
         .iter()
@@ -783,19 +783,19 @@ pub fn summaries(
         .collect()
 }
 
-/// The records of each range whose id prefix is listed.
+/// The records of each range whose id tag ([`crate::reconcile::id_tag`]) is listed.
 pub fn records(
     store: &dyn Store,
-    ranges: &[(IdRange, Vec<u64>)],
+    ranges: &[(IdRange, Vec<u32>)],
 ) -> Result<Vec<Vec<(Id, crate::Record)>>, StoreError> {
     let mut budget = wire::MAX_LIST_ITEMS;
     ranges
         .iter()
-        .map(|(range, prefixes)| {
-            let wanted: std::collections::BTreeSet<u64> = prefixes.iter().copied().collect();
+        .map(|(range, tags)| {
+            let wanted: std::collections::BTreeSet<u32> = tags.iter().copied().collect();
             let mut out = Vec::new();
             for_each_record(store, range, &mut budget, |id, r| {
-                if wanted.contains(&crate::reconcile::id_prefix(id)) {
+                if wanted.contains(&crate::reconcile::id_tag(id)) {
                     out.push((*id, *r));
                 }
             })?;

@@ -16,15 +16,17 @@
 //! A round asks, all in parallel:
 //! - fingerprints of ranges still to descend, each split [`Config::split`] ways (all
 //!   parts but the last, which follows from the range's own fingerprint: [`parts_sent`]);
-//! - item summaries (an 8-byte id prefix and an 8-byte hash of id and record) of ranges
+//! - item summaries (a 4-byte id tag and an 8-byte hash of id and record) of ranges
 //!   small enough to list ([`Config::leaf_items`]);
-//! - full records of the items whose summaries differ, by id prefix.
+//! - full records of the items whose summaries differ, by id tag.
 //!
 //! Laws (property-tested against a `BTreeMap` model): the result is exactly the set of ids
 //! whose records are not identical on every replica ([`differ`]); it does not depend on
 //! the order in which replicas or ranges are given.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use bincode::{Decode, Encode};
 
 use crate::fingerprint::Fingerprint;
 use crate::id::{split_range, Id, IdRange};
@@ -56,17 +58,55 @@ impl Default for Config {
 /// Differing ids in id order, each with every replica's record (`None`: absent).
 pub type Differences = Vec<(Id, Vec<Option<Record>>)>;
 
-/// A summary of one item: the top 64 bits of its id and a 64-bit hash of id and version.
-pub type Summary = (u64, u64);
+/// A summary of one item, 12 bytes on the wire: a 32-bit tag of its id (by which its
+/// record is asked for; items of the same range that share it come along and are dropped)
+/// and a 64-bit hash of id and record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Summary {
+    /// [`id_tag`] of the id.
+    pub tag: u32,
+    /// The first 64 bits of the item's fingerprint element.
+    pub hash: u64,
+}
+
+impl Encode for Summary {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        e: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        // Fixed width: varints would take 5 and 9 bytes for these random numbers.
+        self.tag.to_le_bytes().encode(e)?;
+        self.hash.to_le_bytes().encode(e)
+    }
+}
+
+impl<C> Decode<C> for Summary {
+    fn decode<D: bincode::de::Decoder<Context = C>>(
+        d: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        Ok(Summary {
+            tag: u32::from_le_bytes(<[u8; 4]>::decode(d)?),
+            hash: u64::from_le_bytes(<[u8; 8]>::decode(d)?),
+        })
+    }
+}
+
+impl<'de, C> bincode::BorrowDecode<'de, C> for Summary {
+    fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = C>>(
+        d: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        Decode::decode(d)
+    }
+}
 
 /// The summary of `(id, record)`: built from the same element the record contributes to
 /// fingerprints, so a corrupt copy differs from a healthy one and from none.
 pub fn summary(id: &Id, record: &Record) -> Summary {
     let element = Fingerprint::record_element(id, record);
-    (
-        id_prefix(id),
-        u64::from_le_bytes(element[..8].try_into().expect("8 bytes")),
-    )
+    Summary {
+        tag: id_tag(id),
+        hash: u64::from_le_bytes(element[..8].try_into().expect("8 bytes")),
+    }
 }
 
 /// Whether replicas' records of one id differ (a corrupt copy differs from a healthy copy
@@ -75,9 +115,10 @@ pub fn differ(records: &[Option<Record>]) -> bool {
     records.iter().any(|r| *r != records[0])
 }
 
-/// The top 64 bits of an id.
-pub fn id_prefix(id: &Id) -> u64 {
-    u64::from_be_bytes(id.0[..8].try_into().expect("8 bytes"))
+/// The 32 bits of an id after its top 64: ranges are cut on the top 64 bits, so ids of
+/// one range share those and differ here.
+pub fn id_tag(id: &Id) -> u32 {
+    u32::from_be_bytes(id.0[8..12].try_into().expect("4 bytes"))
 }
 
 /// What to ask one replica in one round. Empty parts are not sent.
@@ -89,8 +130,8 @@ pub struct Round {
     pub split: u16,
     /// Item summaries of these ranges.
     pub summaries: Vec<IdRange>,
-    /// Full records of items in these ranges whose id prefix is listed.
-    pub records: Vec<(IdRange, Vec<u64>)>,
+    /// Full records of items in these ranges whose [`id_tag`] is listed.
+    pub records: Vec<(IdRange, Vec<u32>)>,
 }
 
 impl Round {
@@ -107,7 +148,7 @@ pub struct Answers {
     pub fingerprints: Vec<Fingerprint>,
     /// The summaries of each asked range, in id order.
     pub summaries: Vec<Vec<Summary>>,
-    /// The records found for each asked (range, prefixes).
+    /// The records found for each asked (range, tags).
     pub records: Vec<Vec<(Id, Record)>>,
 }
 
@@ -155,7 +196,7 @@ enum Ask {
     /// round, which asks whole ranges unsplit).
     Fingerprints(IdRange, Vec<Fingerprint>),
     Summaries(IdRange),
-    Records(IdRange, Vec<u64>),
+    Records(IdRange, Vec<u32>),
 }
 
 /// An ask and which replicas agree on its range: `classes[r]` is replica `r`'s class,
@@ -282,8 +323,8 @@ impl Reconcile {
                             round.summaries.push(*range);
                             round.summaries.len() - 1
                         }
-                        Ask::Records(range, prefixes) => {
-                            round.records.push((*range, prefixes.clone()));
+                        Ask::Records(range, tags) => {
+                            round.records.push((*range, tags.clone()));
                             round.records.len() - 1
                         }
                     }
@@ -329,7 +370,7 @@ impl Reconcile {
                     let lists: Vec<&Vec<Summary>> = (0..reps.len())
                         .map(|c| &of(c).summaries[slots[c]])
                         .collect();
-                    if let Some(differing) = differing_prefixes(&lists) {
+                    if let Some(differing) = differing_tags(&lists) {
                         self.next.push(Pending {
                             ask: Ask::Records(range, differing),
                             classes: pending.classes,
@@ -394,7 +435,7 @@ impl Reconcile {
                 found.entry(*id).or_insert_with(|| vec![None; lists.len()])[c] = Some(*record);
             }
         }
-        // Items that merely share a prefix with a differing one are dropped here.
+        // Items that merely share a tag with a differing one are dropped here.
         for (id, by_class) in found {
             if differ(&by_class) {
                 self.differences
@@ -453,21 +494,21 @@ fn check(rounds: &[Round], answers: &[Answers]) -> Result<(), AnswerMismatch> {
     Ok(())
 }
 
-/// The id prefixes whose summaries differ between the lists (one per class), if any.
-fn differing_prefixes(lists: &[&Vec<Summary>]) -> Option<Vec<u64>> {
-    let mut by_prefix: BTreeMap<u64, Vec<BTreeSet<u64>>> = BTreeMap::new();
+/// The id tags whose summaries differ between the lists (one per class), if any.
+fn differing_tags(lists: &[&Vec<Summary>]) -> Option<Vec<u32>> {
+    let mut by_tag: BTreeMap<u32, Vec<BTreeSet<u64>>> = BTreeMap::new();
     for (c, list) in lists.iter().enumerate() {
-        for (prefix, hash) in list.iter() {
-            by_prefix
-                .entry(*prefix)
+        for s in list.iter() {
+            by_tag
+                .entry(s.tag)
                 .or_insert_with(|| vec![BTreeSet::new(); lists.len()])[c]
-                .insert(*hash);
+                .insert(s.hash);
         }
     }
-    let differing: Vec<u64> = by_prefix
+    let differing: Vec<u32> = by_tag
         .into_iter()
         .filter(|(_, sets)| sets.iter().any(|s| *s != sets[0]))
-        .map(|(p, _)| p)
+        .map(|(t, _)| t)
         .collect();
     (!differing.is_empty()).then_some(differing)
 }
@@ -502,11 +543,11 @@ pub fn answer_from_items(round: &Round, items: &BTreeMap<Id, Record>) -> Answers
             .summaries
             .push(in_range(range).map(|(i, r)| summary(i, r)).collect());
     }
-    for (range, prefixes) in &round.records {
-        let wanted: BTreeSet<u64> = prefixes.iter().copied().collect();
+    for (range, tags) in &round.records {
+        let wanted: BTreeSet<u32> = tags.iter().copied().collect();
         answers.records.push(
             in_range(range)
-                .filter(|(i, _)| wanted.contains(&id_prefix(i)))
+                .filter(|(i, _)| wanted.contains(&id_tag(i)))
                 .map(|(i, r)| (*i, *r))
                 .collect(),
         );
@@ -659,6 +700,17 @@ mod tests {
         }
         let (lo, hi) = (rounds.iter().min().unwrap(), rounds.iter().max().unwrap());
         assert!(hi - lo <= 1, "rounds {rounds:?}");
+    }
+
+    #[test]
+    fn a_summary_is_12_bytes_on_the_wire_and_round_trips() {
+        let cfg = bincode::config::standard();
+        let s = summary(&Id::from_key(b"k"), &record(7, false, false));
+        let bytes = bincode::encode_to_vec(s, cfg).unwrap();
+        assert_eq!(bytes.len(), 12);
+        let (back, used): (Summary, usize) = bincode::decode_from_slice(&bytes, cfg).unwrap();
+        assert_eq!((back, used), (s, 12));
+        assert_ne!(s, summary(&Id::from_key(b"k"), &record(7, false, true)));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::store::PutOutcome;
 use crate::version::{Record, Version};
 
 /// The protocol version spoken by this build; a peer with another one is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame payload either side sends or accepts.
 pub const MAX_FRAME: usize = 8 << 20;
@@ -81,15 +81,15 @@ pub enum Request {
         /// Parts per range (1 = the range itself).
         split: u16,
     },
-    /// Item summaries (id prefix, hash of id and record) of each range, for comparison.
+    /// Item summaries (id tag, hash of id and record) of each range, for comparison.
     Summaries {
         /// The ranges to list.
         ranges: Vec<IdRange>,
     },
-    /// The records in each range whose id's top 64 bits are listed.
+    /// The records in each range whose id tag ([`crate::reconcile::id_tag`]) is listed.
     Records {
-        /// Each range with the id prefixes wanted in it.
-        ranges: Vec<(IdRange, Vec<u64>)>,
+        /// Each range with the id tags wanted in it.
+        ranges: Vec<(IdRange, Vec<u32>)>,
     },
     /// A value: answered with [`Response::Value`] then its raw bytes.
     Read {
@@ -201,7 +201,7 @@ pub enum Response {
     /// derives it from the range's own fingerprint.
     Fingerprints(Vec<Fingerprint>),
     /// Answer to [`Request::Summaries`]: one list per range, in id order.
-    Summaries(Vec<Vec<(u64, u64)>>),
+    Summaries(Vec<Vec<crate::reconcile::Summary>>),
     /// Answer to [`Request::Records`]: one list per range.
     Found(Vec<Vec<(Id, Record)>>),
     /// The end of a streamed answer, with the number of records sent.
