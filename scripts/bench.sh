@@ -53,11 +53,11 @@ fi
 source "$ROOT/scripts/lib.sh" # builds mend (debug for --quick), defines MEND, NODE_PID
 if [ "$QUICK" = 1 ]; then
   (cd "$ROOT" && cargo build -q -p mend-engine --example reconcile_vs_negentropy)
-  RECONCILE="$ROOT/target/debug/examples/reconcile_vs_negentropy"
+  RECONCILE="$TARGET/debug/examples/reconcile_vs_negentropy"
   N=20000; BULK=$((64 << 20)); RUNS=1; RN=50000; DS=10,1000,10000
 else
   (cd "$ROOT" && cargo build -q --release -p mend-engine --example reconcile_vs_negentropy)
-  RECONCILE="$ROOT/target/release/examples/reconcile_vs_negentropy"
+  RECONCILE="$TARGET/release/examples/reconcile_vs_negentropy"
   N=1000000; BULK=$((2 << 30)); RUNS=3; RN=1000000; DS=10,1000,100000
 fi
 # For trying intermediate sizes by hand.

@@ -3,6 +3,8 @@
 
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Where cargo builds: CARGO_TARGET_DIR if set (a second checkout beside another build).
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 
 # --quick runs a small version with the debug build (CI: the script must not rot);
 # otherwise the release build.
@@ -10,10 +12,10 @@ QUICK=0
 for a in "$@"; do [ "$a" = "--quick" ] && QUICK=1; done
 if [ "$QUICK" = 1 ]; then
   (cd "$ROOT" && cargo build -q -p mend-cli)
-  MEND="$ROOT/target/debug/mend"
+  MEND="$TARGET/debug/mend"
 else
   (cd "$ROOT" && cargo build -q --release -p mend-cli)
-  MEND="$ROOT/target/release/mend"
+  MEND="$TARGET/release/mend"
 fi
 
 NODE_PID=""
