@@ -544,9 +544,10 @@ async fn push(
         .get(addr)
         .await
         .map_err(|e| unreachable(e.to_string()))?;
-    let request = Request::WriteBatch { items: batch };
-    let bytes = wire::encode_frame(&request)?.len() as u64;
-    let written = match peer.call(&request).await {
+    // Encoded once: its size is what this push reports as sent.
+    let frame = wire::encode_frame(&Request::WriteBatch { items: batch })?;
+    let bytes = frame.len() as u64;
+    let written = match peer.call_frame(frame).await {
         Ok(Response::BatchWritten(w)) if w.len() == slots.len() => w,
         Ok(other) => {
             return Err(unreachable(format!(
@@ -583,7 +584,7 @@ fn read_for_push(
             }));
             continue;
         }
-        let mut value = Vec::with_capacity(version.size as usize);
+        let mut value = Vec::new();
         if !version.is_tombstone() && version.size > 0 {
             let Some(mut reader) = store.open_value(id)? else {
                 out.push(Err(wire::PushOutcome::SourceChanged));
@@ -594,7 +595,12 @@ fn read_for_push(
                 continue;
             }
             while let Some(chunk) = reader.next_chunk()? {
-                value.extend_from_slice(&chunk);
+                if value.is_empty() {
+                    // Most pushed values are one chunk: take it as it is, without a copy.
+                    value = chunk;
+                } else {
+                    value.extend_from_slice(&chunk);
+                }
             }
             if blake3::hash(&value).as_bytes() != &version.checksum {
                 out.push(Err(wire::PushOutcome::Corrupt));

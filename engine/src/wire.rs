@@ -356,7 +356,19 @@ pub enum WireError {
 
 /// Encodes `msg` as one frame: length prefix and payload.
 pub fn encode_frame<T: Encode>(msg: &T) -> Result<Vec<u8>, WireError> {
-    let mut out = vec![0u8; 4];
+    // Sized first (a walk that copies nothing), so a frame of megabytes of values is
+    // written into one allocation instead of being copied at every doubling of its buffer.
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::encode_into_writer(msg, &mut size, bincode::config::standard())
+        .map_err(|e| WireError::Encode(e.to_string()))?;
+    if size.bytes_written > MAX_FRAME {
+        return Err(WireError::FrameTooLarge {
+            len: size.bytes_written,
+            max: MAX_FRAME,
+        });
+    }
+    let mut out = Vec::with_capacity(4 + size.bytes_written);
+    out.extend_from_slice(&[0u8; 4]);
     bincode::encode_into_std_write(msg, &mut out, bincode::config::standard())
         .map_err(|e| WireError::Encode(e.to_string()))?;
     let len = out.len() - 4;
