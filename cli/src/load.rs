@@ -40,8 +40,11 @@ pub struct LoadArgs {
     /// Timestamp of every version written (ns since the epoch); default: now.
     #[arg(long)]
     pub timestamp: Option<u64>,
-    /// Objects per request.
-    #[arg(short = 'b', long = "batch", default_value_t = 512)]
+    /// Objects per request (a request also ends at 4 MiB of values). Large requests are
+    /// what make loading fast: a node commits each in one transaction, and the pages of
+    /// its version index that a transaction rewrites are shared by more objects the more
+    /// it holds (1 KiB objects: 512 per request loaded ~26k objects/s, 4096 ~43k).
+    #[arg(short = 'b', long = "batch", default_value_t = 4096)]
     pub batch: usize,
     /// Requests in flight per node.
     #[arg(short = 'n', long = "in-flight", default_value_t = 8)]
