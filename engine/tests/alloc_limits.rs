@@ -22,17 +22,18 @@
 //!
 //! Tests take a lock: they share one allocator counter.
 
+mod support;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use mend_engine::node::{self, MAX_IN_FLIGHT};
-use mend_engine::pki::{write_cluster_pki, Credentials};
-use mend_engine::route::{NodeEntry, PartitionRange, RouteList};
-use mend_engine::store::MemoryStore;
+use mend_engine::node::MAX_IN_FLIGHT;
+use mend_engine::pki::Credentials;
+use mend_engine::route::RouteList;
 use mend_engine::transport::{self, client_endpoint, Peer};
 use mend_engine::wire::{self, BatchItem, ErrorKind, Request, Response, MAX_FRAME};
 use mend_engine::{Id, IdRange, Version};
@@ -75,35 +76,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn one_node() -> (tempfile::TempDir, node::RunningNode) {
-    let dir = tempfile::tempdir().unwrap();
-    let route = RouteList {
-        name: "alloc".into(),
-        epoch: 1,
-        nodes: vec![NodeEntry {
-            id: "g1n1".into(),
-            group: 1,
-            addr: "127.0.0.1:0".into(),
-            data_dir: PathBuf::from("data/g1n1"),
-            partitions: vec![PartitionRange {
-                first: 0,
-                last: u16::MAX,
-            }],
-        }],
-    };
-    write_cluster_pki(dir.path(), "alloc", &["g1n1"]).unwrap();
-    route.save(dir.path()).unwrap();
-    let node = node::start(dir.path(), "g1n1", Arc::new(MemoryStore::default()))
-        .await
-        .unwrap();
-    (dir, node)
-}
-
-async fn honest(dir: &Path, addr: SocketAddr) -> Peer {
-    let ep = client_endpoint(&Credentials::for_client(dir).unwrap()).unwrap();
-    Peer::connect(&ep, addr).await.unwrap()
-}
-
 /// The honest client writes and reads back a value.
 async fn served(peer: &Peer, key: &[u8]) {
     let id = Id::from_key(key);
@@ -127,8 +99,8 @@ async fn served(peer: &Peer, key: &[u8]) {
 fn measure(name: &str) -> usize {
     let _serial = serial();
     runtime().block_on(async {
-        let (dir, node) = one_node().await;
-        let peer = honest(dir.path(), node.addr).await;
+        let (dir, node) = support::one_node("alloc").await;
+        let peer = support::connect(dir.path(), node.addr).await;
         served(&peer, b"before").await;
         tokio::time::sleep(SETTLE).await;
 

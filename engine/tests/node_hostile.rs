@@ -1,45 +1,11 @@
 //! A node faced with hostile frames: garbage, oversized length prefixes, and streams that
 //! stall mid-frame. Each ends its own stream with an error; the node keeps serving.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+mod support;
 
-use mend_engine::node;
-use mend_engine::pki::{write_cluster_pki, Credentials};
-use mend_engine::route::{NodeEntry, PartitionRange, RouteList};
-use mend_engine::store::MemoryStore;
-use mend_engine::transport::{client_endpoint, Peer};
+use mend_engine::transport::Peer;
 use mend_engine::wire::{self, ErrorKind, Request, Response};
 use mend_engine::{Id, Version};
-
-async fn one_node() -> (tempfile::TempDir, node::RunningNode) {
-    let dir = tempfile::tempdir().unwrap();
-    let route = RouteList {
-        name: "hostile".into(),
-        epoch: 1,
-        nodes: vec![NodeEntry {
-            id: "g1n1".into(),
-            group: 1,
-            addr: "127.0.0.1:0".into(),
-            data_dir: PathBuf::from("data/g1n1"),
-            partitions: vec![PartitionRange {
-                first: 0,
-                last: u16::MAX,
-            }],
-        }],
-    };
-    write_cluster_pki(dir.path(), "hostile", &["g1n1"]).unwrap();
-    route.save(dir.path()).unwrap();
-    let node = node::start(dir.path(), "g1n1", Arc::new(MemoryStore::default()))
-        .await
-        .unwrap();
-    (dir, node)
-}
-
-async fn connect(dir: &tempfile::TempDir, node: &node::RunningNode) -> Peer {
-    let ep = client_endpoint(&Credentials::for_client(dir.path()).unwrap()).unwrap();
-    Peer::connect(&ep, node.addr).await.unwrap()
-}
 
 /// Sends raw bytes on a new stream and returns the node's answer.
 async fn raw(peer: &Peer, bytes: &[u8]) -> Option<Response> {
@@ -55,9 +21,9 @@ fn is_protocol_error(r: &Option<Response>) -> bool {
 
 #[tokio::test]
 async fn garbage_and_oversized_frames_end_their_stream_and_the_node_serves_on() {
-    let (dir, node) = one_node().await;
-    let hostile = connect(&dir, &node).await;
-    let honest = connect(&dir, &node).await;
+    let (dir, node) = support::one_node("hostile").await;
+    let hostile = support::connect(dir.path(), node.addr).await;
+    let honest = support::connect(dir.path(), node.addr).await;
 
     // A stream that announces a frame and then stalls: the node waits on it alone.
     let (mut stalled, _stalled_recv) = hostile.conn.open_bi().await.unwrap();
@@ -113,8 +79,8 @@ async fn garbage_and_oversized_frames_end_their_stream_and_the_node_serves_on() 
 
 #[tokio::test]
 async fn a_second_hello_and_out_of_bounds_requests_are_refused() {
-    let (dir, node) = one_node().await;
-    let peer = connect(&dir, &node).await;
+    let (dir, node) = support::one_node("hostile").await;
+    let peer = support::connect(dir.path(), node.addr).await;
     let again = peer
         .call(&Request::Hello {
             protocol: wire::PROTOCOL_VERSION,

@@ -2,14 +2,13 @@
 //! batch. Only exactly the versions asked for, only healthy ones, only to a node of the
 //! route list; a destination that cannot be reached is an error naming both nodes.
 
-use std::path::PathBuf;
+mod support;
+
 use std::sync::Arc;
 
 use mend_engine::node;
-use mend_engine::pki::{write_cluster_pki, Credentials};
-use mend_engine::route::{NodeEntry, PartitionRange, RouteList};
 use mend_engine::store::{MemoryStore, PutItem, PutOutcome, Store};
-use mend_engine::transport::{client_endpoint, Peer};
+use mend_engine::transport::Peer;
 use mend_engine::wire::{self, ErrorKind, PushOutcome, Request, Response};
 use mend_engine::{Id, Version};
 
@@ -25,32 +24,10 @@ struct Pair {
 /// Nodes `a` (group 1) and `b` (group 2), each owning every partition, and a client
 /// connected to `a`.
 async fn pair() -> Pair {
-    let dir = tempfile::tempdir().unwrap();
-    let entry = |id: &str, group| NodeEntry {
-        id: id.into(),
-        group,
-        addr: "127.0.0.1:0".into(),
-        data_dir: PathBuf::from(format!("data/{id}")),
-        partitions: vec![PartitionRange {
-            first: 0,
-            last: u16::MAX,
-        }],
-    };
-    let route = RouteList {
-        name: "push".into(),
-        epoch: 1,
-        nodes: vec![entry("a", 1), entry("b", 2)],
-    };
-    write_cluster_pki(dir.path(), "push", &["a", "b"]).unwrap();
-    route.save(dir.path()).unwrap();
-    let (a, b) = (
-        Arc::new(MemoryStore::default()),
-        Arc::new(MemoryStore::default()),
-    );
-    let node_a = node::start(dir.path(), "a", a.clone()).await.unwrap();
-    let node_b = node::start(dir.path(), "b", b.clone()).await.unwrap();
-    let ep = client_endpoint(&Credentials::for_client(dir.path()).unwrap()).unwrap();
-    let to_a = Peer::connect(&ep, node_a.addr).await.unwrap();
+    let (dir, mut nodes) = support::start_nodes("push", &[("a", 1), ("b", 2)]).await;
+    let (b, node_b) = nodes.pop().unwrap();
+    let (a, node_a) = nodes.pop().unwrap();
+    let to_a = support::connect(dir.path(), node_a.addr).await;
     Pair {
         _dir: dir,
         a,
