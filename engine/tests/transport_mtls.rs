@@ -271,23 +271,7 @@ async fn a_client_without_a_certificate_is_refused() {
     let dir = cluster(&["n1"]);
     let mut node = start_node(&Credentials::for_node(dir.path(), "n1").unwrap(), "n1");
 
-    // Trusts the cluster CA, presents nothing.
-    let ca = Credentials::for_client(dir.path()).unwrap().ca;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca).unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![transport::ALPN.to_vec()];
-    let mut client = quinn::Endpoint::client(loopback()).unwrap();
-    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(tls).unwrap(),
-    )));
-
+    let client = endpoint_without_certificate(dir.path());
     assert_refused(Peer::connect(&client, node.addr).await);
     assert!(matches!(node.next_seen().await, Seen::Refused(_)));
 }
