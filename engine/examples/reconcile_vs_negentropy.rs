@@ -122,7 +122,7 @@ fn frame_len<T: bincode::Encode>(msg: &T) -> u64 {
 fn ask(store: &dyn Store, round: &Round) -> (Answers, u64) {
     let mut bytes = 0;
     let mut answers = Answers::default();
-    let per_request = (65_536 / usize::from(round.split.max(1))).max(1);
+    let per_request = wire::fingerprint_ranges_per_request(round.split);
     for ranges in round.fingerprints.chunks(per_request) {
         bytes += frame_len(&Request::Fingerprints {
             ranges: ranges.to_vec(),

@@ -134,7 +134,7 @@ async fn ask(peer: &Peer, round: &Round) -> Result<Answers, ClientError> {
     if round.is_empty() {
         return Ok(Answers::default());
     }
-    let per_request = (65_536 / usize::from(round.split.max(1))).max(1);
+    let per_request = wire::fingerprint_ranges_per_request(round.split);
     let fingerprints = try_join_all(round.fingerprints.chunks(per_request).map(
         |ranges| async move {
             match peer

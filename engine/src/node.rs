@@ -430,7 +430,7 @@ async fn handle(
             user_flags,
         } => return iterate(send, store, range, since, user_flags).await,
         Request::Fingerprints { ranges, split } => {
-            if split == 0 || ranges.len() * usize::from(split) > 65_536 {
+            if split == 0 || ranges.len() * usize::from(split) > wire::MAX_FINGERPRINT_PARTS {
                 return Err(Failure(
                     ErrorKind::BadRequest,
                     format!(

@@ -161,6 +161,14 @@ pub const MAX_SCRUB_PAGE: u32 = 4096;
 /// Ranges per [`Request::Summaries`] or [`Request::Records`].
 pub const MAX_LIST_RANGES: usize = 4096;
 
+/// Ranges × `split` per [`Request::Fingerprints`].
+pub const MAX_FINGERPRINT_PARTS: usize = 65_536;
+
+/// Ranges a [`Request::Fingerprints`] split `split` ways may carry (at least one).
+pub fn fingerprint_ranges_per_request(split: u16) -> usize {
+    (MAX_FINGERPRINT_PARTS / usize::from(split.max(1))).max(1)
+}
+
 /// Items a node lists in one [`Response::Summaries`] or [`Response::Found`]; a request
 /// that would list more is refused (ask for smaller ranges).
 pub const MAX_LIST_ITEMS: usize = 200_000;
