@@ -69,7 +69,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/mend-bench.XXXXXX")
 RSYNCD_PID=""
 cleanup() {
   stop_rsyncd || true
-  nodes_stop
+  stop_cluster
   echo "removing $WORK" >&2
   rm -rf "$WORK"
 }
@@ -216,33 +216,7 @@ rsync_run() {
   RSS=$(tail -1 "$WORK/rsync.rss" | tr -dc 0-9)
 }
 
-# ---- mend nodes ------------------------------------------------------------------------
-# Starts (or restarts) every node of the cluster in DIR in one process; NODE_PID as in lib.sh.
-nodes_start() { # DIR
-  local dir=$1
-  rm -f "$dir/.ready"
-  mkfifo "$dir/.ready"
-  "$MEND" node --all --cluster "$dir" >"$dir/.ready" 2>>"$dir/nodes.log" &
-  NODE_PID=$!
-  exec 3<"$dir/.ready"
-  local want seen=0 line
-  want=$(grep -c '^\[\[node\]\]' "$dir/cluster.toml")
-  while [ "$seen" -lt "$want" ] && read -r line <&3; do
-    case "$line" in ready*) seen=$((seen + 1)) ;; esac
-  done
-  [ "$seen" -ge "$want" ] || { cat "$dir/nodes.log" >&2; fail "nodes did not start"; }
-  export MEND_CLUSTER="$dir"
-}
-# Stops the nodes. (Not lib.sh's stop_cluster: its `exec 3<&- 2>/dev/null` also sends the
-# script's stderr to /dev/null for good.)
-nodes_stop() {
-  if [ -n "$NODE_PID" ]; then
-    kill -TERM "$NODE_PID" 2>/dev/null || true
-    wait "$NODE_PID" 2>/dev/null || true
-    NODE_PID=""
-  fi
-  { exec 3<&-; } 2>/dev/null || true
-}
+# ---- mend nodes (start_nodes / stop_cluster: lib.sh) -------------------------------
 # The node process's peak RSS since the last reset (VmHWM; reset through clear_refs).
 node_rss_reset() { echo 5 >"/proc/$NODE_PID/clear_refs" 2>/dev/null || true; }
 node_rss() { awk '/VmHWM/ { print $2 }' "/proc/$NODE_PID/status" 2>/dev/null || echo 0; }
@@ -277,7 +251,7 @@ echo "load before: $(uptime)" >&2
 # ==== sparse repair and in-sync check =====================================================
 phase "sparse: writing $N x 1 KiB objects into two mend groups and two file trees"
 "$MEND" init --dir "$WORK/c" --groups 2 --nodes-per-group 1 --base-port 0 >/dev/null
-nodes_start "$WORK/c"
+start_nodes "$WORK/c"
 "$MEND" load -g 1,2 --count "$N" --size 1024 --timestamp 1000 -b 1024 >/dev/null
 mkdir -p "$WORK/rsync"
 python3 "$WORK/tree.py" init "$N" "$WORK/rsync/A" "$WORK/rsync/B"
@@ -368,21 +342,21 @@ for mode in fingerprints full-scan; do
   emit in-sync "$in_sync_case" "$tool" "$N" "$RUNS" "$(median "${w[@]}")" "${w[*]}" "" \
     "$(median "${b[@]}")" "$(median "${rt[@]}")" "$(maxof "${r[@]}")" "$(maxof "${nr[@]}")" "in sync"
 done
-nodes_stop
+stop_cluster
 # The trees and the cluster stay until the end: deleting them now would leave the disk busy
 # discarding blocks during the bulk runs.
 
 # ==== bulk ================================================================================
 phase "bulk: $COUNT x 64 KiB into an empty replica"
 "$MEND" init --dir "$WORK/b" --groups 2 --nodes-per-group 1 --base-port 0 >/dev/null
-nodes_start "$WORK/b"
+start_nodes "$WORK/b"
 "$MEND" load -g 1 --count "$COUNT" --size 65536 --prefix bulk- -b 32 >/dev/null
 w=(); b=(); r=(); nr=(); mbs=()
 for ((k = 0; k < RUNS; k++)); do
   if [ "$k" -gt 0 ]; then # empty group 2 again
-    nodes_stop
+    stop_cluster
     rm -rf "$WORK/b/data/g2n1"/*
-    nodes_start "$WORK/b"
+    start_nodes "$WORK/b"
   fi
   sync
   mend_run dc -g 1,2 -n 32 --stats json
@@ -395,7 +369,7 @@ done
 bulk_case="$COUNT x 64 KiB into an empty replica"
 emit bulk "$bulk_case" "mend dc (redb: fsync)" "$COUNT" "$RUNS" "$(median "${w[@]}")" "${w[*]}" "$(median "${mbs[@]}")" \
   "$(median "${b[@]}")" "" "$(maxof "${r[@]}")" "$(maxof "${nr[@]}")" "copied $COUNT; verify in sync"
-nodes_stop
+stop_cluster
 
 python3 "$WORK/tree.py" bulk "$WORK/rsync/bulksrc" "$COUNT" 65536
 mkdir -p "$WORK/rsync/bulkdst"

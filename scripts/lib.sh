@@ -22,13 +22,20 @@ NODE_PID=""
 start_cluster() { # DIR GROUPS NODES_PER_GROUP
   local dir=$1 groups=$2 per=$3
   "$MEND" init --dir "$dir" --groups "$groups" --nodes-per-group "$per" --base-port 0 >/dev/null
-  local fifo="$dir/.ready"
-  mkfifo "$fifo"
-  "$MEND" node --all --cluster "$dir" >"$fifo" 2>"$dir/nodes.log" &
+  start_nodes "$dir"
+}
+
+# Starts (or restarts) every node of the cluster dir DIR in one process, sets NODE_PID and
+# MEND_CLUSTER. Readiness: one "ready" line per node of cluster.toml, read from the node
+# process itself.
+start_nodes() { # DIR
+  local dir=$1 want seen=0 line
+  rm -f "$dir/.ready"
+  mkfifo "$dir/.ready"
+  "$MEND" node --all --cluster "$dir" >"$dir/.ready" 2>>"$dir/nodes.log" &
   NODE_PID=$!
-  # Readiness: one "ready" line per node, read from the node process itself.
-  local want=$((groups * per)) seen=0
-  exec 3<"$fifo"
+  want=$(grep -c '^\[\[node\]\]' "$dir/cluster.toml")
+  exec 3<"$dir/.ready"
   while [ "$seen" -lt "$want" ] && read -r line <&3; do
     case "$line" in ready*) seen=$((seen + 1)) ;; esac
   done
