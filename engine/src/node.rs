@@ -594,14 +594,8 @@ fn read_for_push(
                 out.push(Err(wire::PushOutcome::SourceChanged));
                 continue;
             }
-            while let Some(chunk) = reader.next_chunk()? {
-                if value.is_empty() {
-                    // Most pushed values are one chunk: take it as it is, without a copy.
-                    value = chunk;
-                } else {
-                    value.extend_from_slice(&chunk);
-                }
-            }
+            value.reserve_exact(usize::try_from(version.size).unwrap_or(0));
+            reader.read_to_end(&mut value)?;
             if blake3::hash(&value).as_bytes() != &version.checksum {
                 out.push(Err(wire::PushOutcome::Corrupt));
                 continue;

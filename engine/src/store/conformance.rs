@@ -200,12 +200,8 @@ pub fn put_then_lookup_round_trips(store: &dyn Store) {
     let big = id_in(2, 0);
     let value = bytes(2, 2 * CHUNK_SIZE + 10);
     let bv = put_value(store, big, &value, 5);
-    let mut reader = store.open_value(&big).expect("open_value").expect("stored");
-    let mut sizes = Vec::new();
-    while let Some(chunk) = reader.next_chunk().expect("next_chunk") {
-        sizes.push(chunk.len());
-    }
-    assert_eq!(sizes, vec![CHUNK_SIZE, CHUNK_SIZE, 10]);
+    // read_value checks the chunks: none empty, none over CHUNK_SIZE, no more bytes than the
+    // version says. Where a store cuts them is its own choice.
     assert_eq!(read_value(store, &big), Some((bv, value)));
 }
 
@@ -601,26 +597,20 @@ pub fn scan_pages_in_id_order(store: &dyn Store) {
 }
 
 /// A value larger than a chunk, uploaded in pieces that do not line up with chunks, reads
-/// back equal, in full chunks and one partial last chunk.
+/// back equal.
 pub fn multi_chunk_upload_round_trips(store: &dyn Store) {
     let a = id_in(10, 0);
     let value = bytes(10, 3 * CHUNK_SIZE + CHUNK_SIZE / 2);
     let v = Version::of_value(&value, 10, 3);
     assert_eq!(upload(store, a, v, &value, 777_777), PutOutcome::Written);
     assert_eq!(store.lookup(&a).expect("lookup"), held(false, v));
-    let mut reader = store.open_value(&a).expect("open_value").expect("stored");
+    let reader = store.open_value(&a).expect("open_value").expect("stored");
     assert_eq!(reader.version(), v);
-    let mut sizes = Vec::new();
-    let mut read = Vec::new();
-    while let Some(chunk) = reader.next_chunk().expect("next_chunk") {
-        sizes.push(chunk.len());
-        read.extend_from_slice(&chunk);
-    }
-    assert_eq!(
-        sizes,
-        vec![CHUNK_SIZE, CHUNK_SIZE, CHUNK_SIZE, CHUNK_SIZE / 2]
+    drop(reader);
+    assert!(
+        read_value(store, &a) == Some((v, value)),
+        "value read back differs"
     );
-    assert!(read == value, "value read back differs");
     assert_eq!(fingerprint_of(store, 10), Fingerprint::of([(&a, &v)]));
 
     // Exactly two chunks, written chunk by chunk, then in one call.

@@ -24,7 +24,8 @@ mod redb_store;
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 
-/// Values are stored, read and copied in chunks of at most this many bytes.
+/// Values are stored, read and copied in chunks of at most this many bytes. Where a value
+/// is cut is each store's choice (the redb store cuts chunks to fit its pages).
 pub const CHUNK_SIZE: usize = 1 << 20;
 
 /// Errors of a store operation.
@@ -132,6 +133,13 @@ pub trait ValueReader: Send {
     fn version(&self) -> Version;
     /// The next chunk (at most [`CHUNK_SIZE`] bytes), or `None` at the end.
     fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Appends the rest of the value to `out`.
+    fn read_to_end(&mut self, out: &mut Vec<u8>) -> Result<(), StoreError> {
+        while let Some(chunk) = self.next_chunk()? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(())
+    }
 }
 
 /// The storage contract every backend meets; see the module docs for its rules.

@@ -54,8 +54,9 @@ const VERSIONS: TableDefinition<&[u8; ID_LEN], &[u8; VERSION_ROW_BYTES]> =
 ///   generation first, makes new chunks land at the end of the tree — a batch of writes
 ///   to random ids dirties a few pages here instead of one per value, which roughly
 ///   halves the cost of a commit. The chunks of one value are adjacent and in order.
-/// - value: the chunk, [`CHUNK_SIZE`] bytes except the last one of a value (1 to
-///   [`CHUNK_SIZE`] bytes). A value of `size` bytes has `ceil(size / CHUNK_SIZE)` chunks.
+/// - value: the chunk, 1 to [`CHUNK_SIZE`] bytes; the chunks of a value add up to its size.
+///   Writers cut them with [`stored_chunk_len`] so each fills its pages; a reader takes any
+///   cut (schema 1 cut every [`CHUNK_SIZE`] bytes).
 const CHUNKS: TableDefinition<&[u8; CHUNK_KEY_BYTES], &[u8]> = TableDefinition::new("chunks_v1");
 
 /// `uploads_v1`: uploads in progress, whose chunks are staged but not yet referenced by a
@@ -216,16 +217,46 @@ fn delete_chunks(
         .during(op)
 }
 
+/// redb's page: a leaf takes the smallest power-of-two number of pages that holds it.
+const PAGE_BYTES: usize = 4096;
+
+/// What redb adds to a chunk in a leaf of its own: the page header (4 bytes), the value's
+/// end offset (4) and the key.
+const LEAF_OVERHEAD: usize = 4 + 4 + CHUNK_KEY_BYTES;
+
+/// The length of the next chunk of a value with `remaining` bytes left to store.
+///
+/// A chunk of exactly 64 KiB needs 20 bytes more than 64 KiB in its leaf, so redb would give
+/// it 128 KiB: values of power-of-two sizes took twice their size on disk, and every byte
+/// was written twice. So a chunk is the largest power of two less [`LEAF_OVERHEAD`] that is
+/// not longer than what is left (at most [`CHUNK_SIZE`] less the overhead), and whatever
+/// fits in part of a page goes whole: small leaves share pages. A 64 KiB value is a chunk
+/// of 65,516 bytes in 64 KiB of pages and one of 20 bytes.
+fn stored_chunk_len(remaining: u64) -> usize {
+    let remaining = usize::try_from(remaining).unwrap_or(usize::MAX);
+    let with_overhead = remaining.saturating_add(LEAF_OVERHEAD);
+    if with_overhead <= PAGE_BYTES {
+        return remaining;
+    }
+    let pages = 1usize << with_overhead.min(CHUNK_SIZE).ilog2();
+    pages - LEAF_OVERHEAD
+}
+
+/// Writes `value` as the chunks of `generation`.
 fn write_chunks(
     chunks: &mut ChunksTable<'_>,
     generation: u64,
-    value: &[u8],
+    mut value: &[u8],
     op: &'static str,
 ) -> Result<(), StoreError> {
-    for (index, chunk) in (0u32..).zip(value.chunks(CHUNK_SIZE)) {
+    let mut index = 0u32;
+    while !value.is_empty() {
+        let (chunk, rest) = value.split_at(stored_chunk_len(value.len() as u64));
         chunks
             .insert(&chunk_key(generation, index), chunk)
             .during(op)?;
+        value = rest;
+        index += 1;
     }
     Ok(())
 }
@@ -810,6 +841,7 @@ impl Store for RedbStore {
             version,
             generation,
             staged: 0,
+            staged_bytes: 0,
             buffer: Vec::new(),
             received: 0,
             hasher: blake3::Hasher::new(),
@@ -950,7 +982,9 @@ struct RedbUpload {
     generation: u64,
     /// Chunks already staged in `chunks_v1`.
     staged: u32,
-    /// The chunk being filled (less than [`CHUNK_SIZE`] bytes between calls).
+    /// Bytes in those chunks.
+    staged_bytes: u64,
+    /// The chunk being filled (shorter than the chunk it will be between calls).
     buffer: Vec<u8>,
     received: u64,
     hasher: blake3::Hasher,
@@ -981,19 +1015,28 @@ impl RedbUpload {
 
     fn write_all(&mut self, mut bytes: &[u8]) -> Result<(), StoreError> {
         while !bytes.is_empty() {
-            if self.buffer.is_empty() && bytes.len() >= CHUNK_SIZE {
+            let left = self.version.size - self.staged_bytes;
+            let want = stored_chunk_len(left);
+            if want as u64 == left {
+                // The last chunk: the commit writes it, in its own transaction.
+                self.buffer.extend_from_slice(bytes);
+                return Ok(());
+            }
+            if self.buffer.is_empty() && bytes.len() >= want {
                 // A whole chunk at hand: stage it without copying.
-                let (chunk, rest) = bytes.split_at(CHUNK_SIZE);
+                let (chunk, rest) = bytes.split_at(want);
                 self.stage(chunk)?;
+                self.staged_bytes += want as u64;
                 bytes = rest;
                 continue;
             }
-            let take = (CHUNK_SIZE - self.buffer.len()).min(bytes.len());
+            let take = (want - self.buffer.len()).min(bytes.len());
             self.buffer.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
-            if self.buffer.len() == CHUNK_SIZE {
+            if self.buffer.len() == want {
                 let chunk = std::mem::take(&mut self.buffer);
                 self.stage(&chunk)?;
+                self.staged_bytes += want as u64;
                 self.buffer = chunk;
                 self.buffer.clear();
             }
@@ -1122,15 +1165,12 @@ struct RedbValueReader {
     remaining: u64,
 }
 
-impl ValueReader for RedbValueReader {
-    fn version(&self) -> Version {
-        self.row.record.version
-    }
-
-    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
+impl RedbValueReader {
+    /// Appends the next chunk to `out` straight from its page; false at the end.
+    fn append_chunk(&mut self, out: &mut Vec<u8>) -> Result<bool, StoreError> {
         const OP: &str = "read value";
         if self.remaining == 0 {
-            return Ok(None);
+            return Ok(false);
         }
         let key = chunk_key(self.row.generation, self.next_index);
         let Some(chunk) = self.chunks.get(&key).during(OP)? else {
@@ -1139,17 +1179,34 @@ impl ValueReader for RedbValueReader {
                 what: "a chunk of the value is missing",
             });
         };
-        let chunk = chunk.value().to_vec();
-        let expected = self.remaining.min(CHUNK_SIZE as u64);
-        if chunk.len() as u64 != expected {
+        let chunk = chunk.value();
+        let len = chunk.len() as u64;
+        if len == 0 || len > self.remaining || chunk.len() > CHUNK_SIZE {
             return Err(StoreError::Malformed {
                 id: self.id,
                 what: "a chunk of the value has the wrong length",
             });
         }
-        self.remaining -= expected;
+        out.extend_from_slice(chunk);
+        self.remaining -= len;
         self.next_index += 1;
-        Ok(Some(chunk))
+        Ok(true)
+    }
+}
+
+impl ValueReader for RedbValueReader {
+    fn version(&self) -> Version {
+        self.row.record.version
+    }
+
+    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut chunk = Vec::new();
+        Ok(self.append_chunk(&mut chunk)?.then_some(chunk))
+    }
+
+    fn read_to_end(&mut self, out: &mut Vec<u8>) -> Result<(), StoreError> {
+        while self.append_chunk(out)? {}
+        Ok(())
     }
 }
 
@@ -1290,9 +1347,10 @@ mod tests {
             up.commit().expect("commit"),
             PutOutcome::Stale { stored: v }
         );
+        // Three of 1 MiB less LEAF_OVERHEAD, and the 60 bytes left.
         assert_eq!(
             chunk_rows(&store).len(),
-            3,
+            4,
             "only the stored value's chunks"
         );
         assert_eq!(upload_rows(&store), 0);
@@ -1413,6 +1471,97 @@ mod tests {
             assert_eq!(fps, rebuilt(&reopened), "round {round}: rebuilt");
             assert!(round < 60, "the log never folded");
         }
+    }
+
+    #[test]
+    fn store_redb_chunks_fill_their_pages() {
+        for size in [
+            1u64,
+            4076,
+            4077,
+            65_516,
+            65_536,
+            100_000,
+            1 << 20,
+            (1 << 20) + 1,
+            5 << 20,
+        ] {
+            let mut left = size;
+            let mut cuts = Vec::new();
+            while left > 0 {
+                let len = stored_chunk_len(left);
+                assert!(len > 0 && len <= CHUNK_SIZE && len as u64 <= left);
+                cuts.push(len);
+                left -= len as u64;
+            }
+            for (i, len) in cuts.iter().enumerate() {
+                let leaf = len + LEAF_OVERHEAD;
+                assert!(
+                    leaf <= PAGE_BYTES || leaf.is_power_of_two(),
+                    "{size} bytes: chunk {i} of {len} bytes takes a leaf of {leaf}"
+                );
+            }
+        }
+        assert_eq!(stored_chunk_len(65_536), 65_516);
+        assert_eq!(stored_chunk_len(20), 20);
+    }
+
+    #[test]
+    fn store_redb_values_of_power_of_two_sizes_take_little_more_than_their_size_in_pages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let store = RedbStore::open(&path).expect("open");
+        // Pages in use (the file itself grows ahead of them).
+        let allocated = |store: &RedbStore| {
+            let txn = store.db.begin_write().expect("begin_write");
+            let stats = txn.stats().expect("stats");
+            stats.allocated_pages() * stats.page_size() as u64
+        };
+        let before = allocated(&store);
+        let count = 128u64;
+        let values: Vec<(Id, Vec<u8>)> = (0..count)
+            .map(|i| (Id::from_key(&i.to_be_bytes()), value(64 << 10)))
+            .collect();
+        for batch in values.chunks(16) {
+            let puts: Vec<PutItem<'_>> = batch
+                .iter()
+                .map(|(id, v)| PutItem {
+                    id: *id,
+                    version: Version::of_value(v, 1, 0),
+                    value: v,
+                })
+                .collect();
+            store.put_batch(&puts).expect("put_batch");
+        }
+        // And through uploads, in pieces that do not line up with chunks.
+        for i in 0..count {
+            let v = value(64 << 10);
+            let mut up = store
+                .begin_upload(
+                    Id::from_key(&(count + i).to_be_bytes()),
+                    Version::of_value(&v, 1, 0),
+                )
+                .expect("begin_upload");
+            for piece in v.chunks(10_000) {
+                up.write(piece).expect("write");
+            }
+            assert_eq!(up.commit().expect("commit"), PutOutcome::Written);
+        }
+        let grown = allocated(&store) - before;
+        let data = 2 * count * (64 << 10);
+        // Cut at 64 KiB, each value took 128 KiB of pages: twice this.
+        assert!(
+            grown < data + data / 4,
+            "{data} bytes of values took {grown} bytes of pages"
+        );
+        let mut read = Vec::new();
+        store
+            .open_value(&values[5].0)
+            .expect("open")
+            .expect("value")
+            .read_to_end(&mut read)
+            .expect("read");
+        assert!(read == values[5].1);
     }
 
     #[test]
