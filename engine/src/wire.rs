@@ -465,16 +465,16 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin, T: Decode<()>>(
     }
     let mut payload = Vec::new();
     while payload.len() < len {
-        let start = payload.len();
-        let step = (len - start).min(start.max(FIRST_READ));
+        let step = (len - payload.len()).min(payload.len().max(FIRST_READ));
         payload.reserve_exact(step);
-        payload.resize(start + step, 0);
-        r.read_exact(&mut payload[start..])
-            .await
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => WireError::Truncated,
-                _ => WireError::Io(e),
-            })?;
+        let end = payload.len() + step;
+        // Into the spare capacity: no zero-filling of a buffer about to be overwritten.
+        let mut part = (&mut *r).take(step as u64);
+        while payload.len() < end {
+            if part.read_buf(&mut payload).await? == 0 {
+                return Err(WireError::Truncated);
+            }
+        }
     }
     decode_payload(&payload).map(Some)
 }
