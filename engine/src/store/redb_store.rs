@@ -403,15 +403,43 @@ impl<'t> RecordTables<'t> {
         new: VersionRow,
         op: &'static str,
     ) -> Result<(), StoreError> {
+        self.versions.insert(&id.0, &new.encode()).during(op)?;
+        self.replaced(id, old, new, op)
+    }
+
+    /// What follows writing `new`'s version row over `old`'s: deletes the old chunks and
+    /// moves the fingerprint element.
+    fn replaced(
+        &mut self,
+        id: &Id,
+        old: Option<VersionRow>,
+        new: VersionRow,
+        op: &'static str,
+    ) -> Result<(), StoreError> {
         if let Some(old) = old {
             if old.generation != new.generation {
                 delete_chunks(&mut self.chunks, old.generation, op)?;
             }
             self.fingerprint_remove(id, &old.record, op)?;
         }
-        self.versions.insert(&id.0, &new.encode()).during(op)?;
         self.fingerprint_insert(id, &new.record, op)?;
         Ok(())
+    }
+
+    /// Writes `new`'s version row and returns the row it replaced: one descent of the
+    /// version tree where a lookup and then an insert took two.
+    fn swap_row(
+        &mut self,
+        id: &Id,
+        new: &VersionRow,
+        op: &'static str,
+    ) -> Result<Option<VersionRow>, StoreError> {
+        let old = self
+            .versions
+            .insert(&id.0, &new.encode())
+            .during(op)?
+            .map(|guard| *guard.value());
+        old.map(|bytes| VersionRow::decode(id, &bytes)).transpose()
     }
 
     /// Writes the fingerprint changes; the tables close when this returns. The changes go
@@ -783,33 +811,47 @@ impl Store for RedbStore {
             let mut tables = RecordTables::open(&txn, OP, &mirror, self.maintain_fingerprints)?;
             for i in order {
                 let item = &items[i];
-                let old = read_row(&tables.versions, &item.id, OP)?;
-                outcomes[i] = match old {
-                    Some(stored) if !accepts(Some(&stored.record), &item.version) => {
-                        PutOutcome::Stale {
-                            stored: stored.record.version,
+                if !matches[i] {
+                    // Rare: a lookup tells a stale write from a bad checksum; nothing is written.
+                    outcomes[i] = match read_row(&tables.versions, &item.id, OP)? {
+                        Some(stored) if !accepts(Some(&stored.record), &item.version) => {
+                            PutOutcome::Stale {
+                                stored: stored.record.version,
+                            }
                         }
-                    }
-                    _ if !matches[i] => PutOutcome::ChecksumMismatch,
-                    _ => {
-                        let generation = if item.value.is_empty() {
-                            0
-                        } else {
-                            next_generation += 1;
-                            next_generation - 1
-                        };
-                        write_chunks(&mut tables.chunks, generation, item.value, OP)?;
-                        let new = VersionRow {
-                            record: Record {
-                                version: item.version,
-                                corrupt: false,
-                            },
-                            generation,
-                        };
-                        tables.replace(&item.id, old, new, OP)?;
-                        PutOutcome::Written
-                    }
+                        _ => PutOutcome::ChecksumMismatch,
+                    };
+                    continue;
+                }
+                let generation = if item.value.is_empty() {
+                    0
+                } else {
+                    next_generation += 1;
+                    next_generation - 1
                 };
+                let new = VersionRow {
+                    record: Record {
+                        version: item.version,
+                        corrupt: false,
+                    },
+                    generation,
+                };
+                // The row is written first and the old one comes back from the write; a
+                // refused (stale) write puts it back, and stale writes are the rare case.
+                let old = tables.swap_row(&item.id, &new, OP)?;
+                if let Some(stored) = old.filter(|s| !accepts(Some(&s.record), &item.version)) {
+                    tables
+                        .versions
+                        .insert(&item.id.0, &stored.encode())
+                        .during(OP)?;
+                    outcomes[i] = PutOutcome::Stale {
+                        stored: stored.record.version,
+                    };
+                    continue;
+                }
+                write_chunks(&mut tables.chunks, generation, item.value, OP)?;
+                tables.replaced(&item.id, old, new, OP)?;
+                outcomes[i] = PutOutcome::Written;
             }
             tables.finish(OP)?
         };
