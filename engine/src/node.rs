@@ -148,6 +148,27 @@ struct NodeState {
     peers: transport::Pool,
     /// Pushes handled at once: each holds up to [`wire::MAX_PUSH_BYTES`] of values.
     pushing: Semaphore,
+    options: NodeOptions,
+}
+
+/// How a node treats its peers, beyond what the cluster dir says.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// How long a stream may take to deliver its whole request frame once it holds one of
+    /// the [`MAX_IN_FLIGHT`] request slots. A peer that opens streams and stalls would
+    /// otherwise hold every slot and leave every other client unserved; after this the
+    /// stream is reset and its slot freed. Values streamed after the request (uploads) are
+    /// not covered: they are read as the request's own work.
+    pub request_read_timeout: std::time::Duration,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            // An 8 MiB frame (the most a request can be) at 300 KB/s.
+            request_read_timeout: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 /// Pushes a node carries out at once.
@@ -199,6 +220,16 @@ pub async fn start(
     id: &str,
     store: Arc<dyn Store>,
 ) -> Result<RunningNode, NodeError> {
+    start_with(cluster_dir, id, store, NodeOptions::default()).await
+}
+
+/// [`start`] with other [`NodeOptions`] than the defaults.
+pub async fn start_with(
+    cluster_dir: &Path,
+    id: &str,
+    store: Arc<dyn Store>,
+    options: NodeOptions,
+) -> Result<RunningNode, NodeError> {
     let route = RouteList::load(cluster_dir)?;
     let entry = route.node(id)?.clone();
     let creds = Credentials::for_node(cluster_dir, id)?;
@@ -224,6 +255,7 @@ pub async fn start(
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         peers: transport::Pool::new(transport::client_endpoint(&creds)?),
         pushing: Semaphore::new(PUSHES_AT_ONCE),
+        options,
     });
     let task = tokio::spawn(accept_loop(endpoint.clone(), state));
     info!(node = id, %addr, "node serving");
@@ -347,7 +379,15 @@ async fn serve_stream(
     state: &NodeState,
     remote: SocketAddr,
 ) {
-    let request = match wire::read_frame::<_, Request>(&mut recv).await {
+    let timeout = state.options.request_read_timeout;
+    let read = tokio::time::timeout(timeout, wire::read_frame::<_, Request>(&mut recv)).await;
+    let Ok(read) = read else {
+        warn!(%remote, "no whole request frame within {timeout:?}; stream reset");
+        let _ = recv.stop(1u32.into());
+        let _ = send.reset(1u32.into());
+        return;
+    };
+    let request = match read {
         Ok(Some(r)) => r,
         Ok(None) => return,
         Err(e) => {

@@ -1,8 +1,12 @@
 //! A node faced with hostile frames: garbage, oversized length prefixes, and streams that
-//! stall mid-frame. Each ends its own stream with an error; the node keeps serving.
+//! stall mid-frame. Each ends its own stream with an error; the node keeps serving, also
+//! when stalled streams hold every request slot it has.
 
 mod support;
 
+use std::time::Duration;
+
+use mend_engine::node::{NodeOptions, MAX_IN_FLIGHT};
 use mend_engine::transport::Peer;
 use mend_engine::wire::{self, ErrorKind, Request, Response};
 use mend_engine::{Id, Version};
@@ -105,5 +109,51 @@ async fn a_second_hello_and_out_of_bounds_requests_are_refused() {
         peer.call(&Request::RouteList).await.unwrap(),
         Response::RouteList(_)
     ));
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn streams_stalled_mid_frame_are_reset_so_they_cannot_hold_every_request_slot() {
+    let options = NodeOptions {
+        request_read_timeout: Duration::from_millis(300),
+    };
+    let (dir, mut nodes) = support::start_nodes_with("stall", &[("g1n1", 1)], options).await;
+    let (_, node) = nodes.pop().unwrap();
+    let hostile = support::connect(dir.path(), node.addr).await;
+    let honest = support::connect(dir.path(), node.addr).await;
+
+    // More streams than the node has request slots, each announcing a frame it never sends.
+    let mut stalled = Vec::new();
+    for _ in 0..MAX_IN_FLIGHT + 8 {
+        let (mut send, recv) = hostile.conn.open_bi().await.unwrap();
+        send.write_all(&1000u32.to_be_bytes()).await.unwrap();
+        stalled.push((send, recv));
+    }
+    let id = Id::from_key(b"k");
+    let served = tokio::spawn(async move { honest.call(&Request::Lookup { ids: vec![id] }).await });
+
+    // Every stalled stream is reset by the node (without the time limit they would hold
+    // their slots, and this would wait forever: the outer limit turns that into a failure).
+    let resets = async {
+        for (_send, mut recv) in stalled {
+            let mut buf = [0u8; 16];
+            match recv.read(&mut buf).await {
+                Err(quinn::ReadError::Reset(_)) => {}
+                other => panic!("a stalled stream got {other:?}, not a reset"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), resets)
+        .await
+        .expect("the node never reset the stalled streams");
+    let answer = tokio::time::timeout(Duration::from_secs(60), served)
+        .await
+        .expect("the honest client was never served")
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(answer, Response::Records(ref r) if r == &vec![None]),
+        "{answer:?}"
+    );
     node.shutdown().await;
 }

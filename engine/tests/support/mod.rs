@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mend_engine::node::{self, RunningNode};
+use mend_engine::node::{self, NodeOptions, RunningNode};
 use mend_engine::pki::{write_cluster_pki, Credentials};
 use mend_engine::route::{NodeEntry, PartitionRange, RouteList};
 use mend_engine::store::MemoryStore;
@@ -16,6 +16,15 @@ use mend_engine::transport::{client_endpoint, Peer};
 pub async fn start_nodes(
     name: &str,
     nodes: &[(&str, u32)],
+) -> (tempfile::TempDir, Vec<(Arc<MemoryStore>, RunningNode)>) {
+    start_nodes_with(name, nodes, NodeOptions::default()).await
+}
+
+/// [`start_nodes`] with other node options than the defaults.
+pub async fn start_nodes_with(
+    name: &str,
+    nodes: &[(&str, u32)],
+    options: NodeOptions,
 ) -> (tempfile::TempDir, Vec<(Arc<MemoryStore>, RunningNode)>) {
     let dir = tempfile::tempdir().unwrap();
     let route = RouteList {
@@ -41,7 +50,9 @@ pub async fn start_nodes(
     let mut running = Vec::new();
     for id in ids {
         let store = Arc::new(MemoryStore::default());
-        let node = node::start(dir.path(), id, store.clone()).await.unwrap();
+        let node = node::start_with(dir.path(), id, store.clone(), options.clone())
+            .await
+            .unwrap();
         running.push((store, node));
     }
     (dir, running)
