@@ -94,6 +94,18 @@ scratch="$(mktemp -d "$scratch_parent/mend-fuzz.XXXXXX")"
 logs="$(mktemp -d "${TMPDIR:-/tmp}/mend-fuzz-logs.XXXXXX")"
 trap 'rm -rf "$scratch" "$logs"' EXIT
 
+# The committed seeds must be what fuzz/examples/seeds.rs writes today: after a format
+# change they would start the fuzzer from shapes the decoders no longer accept (this once
+# went unnoticed, and the example itself stopped compiling).
+echo "== seeds are current"
+cargo run --quiet --manifest-path fuzz/Cargo.toml --example seeds -- "$scratch/seeds"
+if ! diff -r fuzz/seeds "$scratch/seeds" >"$logs/seeds.diff"; then
+    cat "$logs/seeds.diff" >&2
+    echo "fuzz.sh: fuzz/seeds is stale; regenerate and commit it with:" >&2
+    echo "    cargo run --manifest-path fuzz/Cargo.toml --example seeds -- fuzz/seeds" >&2
+    exit 1
+fi
+
 build=(-s none -a)
 echo "== build"
 started=$SECONDS

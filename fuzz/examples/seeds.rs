@@ -81,7 +81,7 @@ fn wire_frame(dir: &Path) {
                     start: a,
                     end: Some(b),
                 },
-                vec![1, u64::MAX],
+                vec![1, u32::MAX],
             )],
         },
         Request::WriteBatch {
@@ -112,7 +112,10 @@ fn wire_frame(dir: &Path) {
         Response::RouteList(route),
         Response::Records(vec![Some(record(1)), None]),
         Response::Fingerprints(vec![fp, Fingerprint::EMPTY]),
-        Response::Summaries(vec![vec![(1, 2)], vec![]]),
+        Response::Summaries(vec![
+            vec![mend_engine::reconcile::Summary { tag: 1, hash: 2 }],
+            vec![],
+        ]),
         Response::Found(vec![vec![(a, record(2)), (b, record(3))]]),
         Response::BatchWritten(vec![
             PutOutcome::Written,
