@@ -1,6 +1,6 @@
 //! What every client command shares: finding the cluster dir, connecting, parsing groups.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -9,9 +9,11 @@ use mend_engine::client::{Bootstrap, Client};
 use mend_engine::pki::Credentials;
 use mend_engine::route::{parse_addr, RouteList, CLUSTER_FILE};
 
-/// Where to find the cluster and which node to bootstrap from.
+/// `--cluster DIR`: the cluster dir, with cluster.toml, the CA and the certificates. Every
+/// command that needs one flattens this, so the flag, its variable and its default are
+/// the same everywhere.
 #[derive(Debug, Clone, Args)]
-pub struct ClusterArgs {
+pub struct ClusterDir {
     /// Cluster dir with cluster.toml and certificates.
     #[arg(
         long,
@@ -20,6 +22,26 @@ pub struct ClusterArgs {
         value_name = "DIR"
     )]
     pub cluster: PathBuf,
+}
+
+impl ClusterDir {
+    /// The dir, once it is known to hold a cluster file.
+    pub fn checked(&self) -> anyhow::Result<&Path> {
+        if !self.cluster.join(CLUSTER_FILE).is_file() {
+            bail!(
+                "cluster dir {} has no {CLUSTER_FILE} (give --cluster DIR or set MEND_CLUSTER; create one with `mend init`)",
+                self.cluster.display()
+            );
+        }
+        Ok(&self.cluster)
+    }
+}
+
+/// Where to find the cluster and which node to bootstrap from.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub dir: ClusterDir,
     /// A node to learn the route list from: host:port or Elliptics' host:port:family.
     /// Default: the route list in the cluster dir's cluster.toml.
     #[arg(short = 'r', long = "remote", value_name = "HOST:PORT")]
@@ -39,24 +61,18 @@ pub struct ClusterArgs {
 impl ClusterArgs {
     /// Checks the cluster dir exists and has a cluster file.
     pub fn check_dir(&self) -> anyhow::Result<()> {
-        if !self.cluster.join(CLUSTER_FILE).is_file() {
-            bail!(
-                "cluster dir {} has no {CLUSTER_FILE} (give --cluster DIR or set MEND_CLUSTER; create one with `mend init`)",
-                self.cluster.display()
-            );
-        }
-        Ok(())
+        self.dir.checked().map(|_| ())
     }
 
     /// Connects a client: credentials from the cluster dir, route list from `-r` or the file.
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        self.check_dir()?;
+        let dir = self.dir.checked()?;
         // The cluster file first: a malformed one is the error to report.
         let bootstrap = match &self.remote {
             Some(r) => Bootstrap::Remote(parse_addr(r)?),
-            None => Bootstrap::Route(RouteList::load(&self.cluster)?),
+            None => Bootstrap::Route(RouteList::load(dir)?),
         };
-        let creds = Credentials::for_client(&self.cluster)?;
+        let creds = Credentials::for_client(dir)?;
         Ok(Client::connect_with_timeout(&creds, bootstrap, self.connect_timeout).await?)
     }
 }

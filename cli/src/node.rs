@@ -1,26 +1,19 @@
 //! `mend node`: run storage nodes until a signal.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
 use mend_engine::route::RouteList;
 
-use crate::common::{init_logging, runtime};
+use crate::common::{init_logging, runtime, ClusterDir};
 
 /// Arguments of `mend node`.
 #[derive(Debug, Args)]
 pub struct NodeArgs {
-    /// Cluster dir with cluster.toml and certificates.
-    #[arg(
-        long,
-        env = "MEND_CLUSTER",
-        default_value = "cluster",
-        value_name = "DIR"
-    )]
-    pub cluster: PathBuf,
+    #[command(flatten)]
+    pub dir: ClusterDir,
     /// The node to run (its id in cluster.toml, e.g. g1n1).
     #[arg(long, required_unless_present = "all", conflicts_with = "all")]
     pub id: Option<String>,
@@ -34,17 +27,18 @@ pub struct NodeArgs {
 pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     init_logging("info");
     let rt = runtime()?;
+    let dir = args.dir.checked()?;
     rt.block_on(async {
         let nodes = if args.all {
-            mend_engine::node::start_all(&args.cluster).await?
+            mend_engine::node::start_all(dir).await?
         } else {
             let id = args
                 .id
                 .as_deref()
                 .expect("clap requires --id without --all");
-            let route = RouteList::load(&args.cluster)?;
-            let store = mend_engine::node::open_store(&args.cluster, &route, id)?;
-            vec![mend_engine::node::start(&args.cluster, id, store).await?]
+            let route = RouteList::load(dir)?;
+            let store = mend_engine::node::open_store(dir, &route, id)?;
+            vec![mend_engine::node::start(dir, id, store).await?]
         };
         {
             let mut out = std::io::stdout().lock();

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use mend_engine::client::{Bootstrap, Client, ClientError};
 use mend_engine::pki::Credentials;
@@ -20,7 +20,7 @@ use mend_engine::transport::TransportError;
 use mend_engine::wire::{ErrorKind, Request, Response};
 use mend_engine::IdRange;
 
-use crate::common::{parse_seconds, runtime, ClusterArgs};
+use crate::common::{parse_seconds, runtime, ClusterArgs, ClusterDir};
 
 /// Arguments of `mend route`.
 #[derive(Debug, Args)]
@@ -70,14 +70,8 @@ pub struct ShowArgs {
 /// What every change shares: the cluster dir and the confirmation.
 #[derive(Debug, Args)]
 pub struct ChangeArgs {
-    /// Cluster dir with cluster.toml and the CA.
-    #[arg(
-        long,
-        env = "MEND_CLUSTER",
-        default_value = "cluster",
-        value_name = "DIR"
-    )]
-    pub cluster: PathBuf,
+    #[command(flatten)]
+    pub dir: ClusterDir,
     /// Write the new cluster.toml; without it, only show what would change.
     #[arg(long)]
     pub yes: bool,
@@ -125,14 +119,8 @@ pub struct RecoverFileArgs {
 /// Arguments of `mend route push`.
 #[derive(Debug, Args)]
 pub struct PushArgs {
-    /// Cluster dir with cluster.toml and certificates.
-    #[arg(
-        long,
-        env = "MEND_CLUSTER",
-        default_value = "cluster",
-        value_name = "DIR"
-    )]
-    pub cluster: PathBuf,
+    #[command(flatten)]
+    pub dir: ClusterDir,
     /// Seconds to wait for a node to answer a new connection.
     #[arg(
         long,
@@ -150,7 +138,7 @@ pub fn run(args: RouteArgs) -> anyhow::Result<ExitCode> {
         RouteCommand::Show(a) => show(a),
         RouteCommand::AddNode(a) => {
             mend_engine::pki::check_name(&a.id)?;
-            let dir = a.change.cluster.clone();
+            let dir = a.change.dir.cluster.clone();
             change(
                 &a.change,
                 &format!("add node {} to group {}", a.id, a.group),
@@ -168,7 +156,7 @@ pub fn run(args: RouteArgs) -> anyhow::Result<ExitCode> {
             change(&a, "rebalance", |old| Ok(old.rebalance()?), |_| Ok(()))
         }
         RouteCommand::Recover(a) => {
-            let dir = a.change.cluster.clone();
+            let dir = a.change.dir.cluster.clone();
             change(
                 &a.change,
                 &format!("rebuild from recovery file {}", a.from.display()),
@@ -225,14 +213,8 @@ fn change(
     make: impl FnOnce(&RouteList) -> anyhow::Result<RouteList>,
     apply: impl FnOnce(&RouteList) -> anyhow::Result<()>,
 ) -> anyhow::Result<ExitCode> {
-    let dir = &args.cluster;
+    let dir = args.dir.checked()?;
     let path = dir.join(CLUSTER_FILE);
-    if !path.is_file() {
-        bail!(
-            "cluster dir {} has no {CLUSTER_FILE} (give --cluster DIR or set MEND_CLUSTER)",
-            dir.display()
-        );
-    }
     let _lock = ClusterLock::take(dir)?;
     let old = RouteList::load(dir)?;
     let new = make(&old)?;
@@ -339,6 +321,7 @@ fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
             Some(r) => format!("node {r}"),
             None => args
                 .cluster
+                .dir
                 .cluster
                 .join(CLUSTER_FILE)
                 .display()
@@ -468,13 +451,7 @@ enum Pushed {
 }
 
 fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
-    let dir = &args.cluster;
-    if !dir.join(CLUSTER_FILE).is_file() {
-        bail!(
-            "cluster dir {} has no {CLUSTER_FILE} (give --cluster DIR or set MEND_CLUSTER)",
-            dir.display()
-        );
-    }
+    let dir = args.dir.checked()?;
     let route = RouteList::load(dir)?;
     let creds = Credentials::for_client(dir)?;
     runtime()?.block_on(async {

@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::common::ClusterArgs;
+use crate::common::{ClusterArgs, ClusterDir};
 
 /// What a job runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -467,10 +467,12 @@ impl ScheduleConfig {
                 policy: j.policy.as_ref().map(|p| p.get_ref().clone()),
             };
             let cluster = ClusterArgs {
-                cluster: j
-                    .cluster
-                    .as_deref()
-                    .map_or(default_cluster.clone(), resolve),
+                dir: ClusterDir {
+                    cluster: j
+                        .cluster
+                        .as_deref()
+                        .map_or(default_cluster.clone(), resolve),
+                },
                 remote: j.remote.clone().or_else(|| raw.remote.clone()),
                 connect_timeout: match &j.connect_timeout {
                     Some(t) => positive(duration(t)?, t, &err)?,
@@ -631,7 +633,7 @@ cluster = "other"
                 policy: None,
             }
         );
-        assert_eq!(dc.cluster.cluster, Path::new("/srv/cluster"));
+        assert_eq!(dc.cluster.dir.cluster, Path::new("/srv/cluster"));
         assert_eq!(dc.cluster.remote.as_deref(), Some("10.0.0.1:1025"));
         assert_eq!(dc.cluster.connect_timeout, Duration::from_secs(5));
 
@@ -643,7 +645,7 @@ cluster = "other"
         let merge = &c.jobs[2];
         assert_eq!(merge.incremental, None);
         assert!(merge.run.safe);
-        assert_eq!(merge.cluster.cluster, Path::new("/etc/mend/other"));
+        assert_eq!(merge.cluster.dir.cluster, Path::new("/etc/mend/other"));
         assert!(c.job("merge_g1").is_ok());
         let daily = GOOD.replace("30 3 * * *", "@daily");
         let c2 = parse(&daily).unwrap();

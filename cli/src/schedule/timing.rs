@@ -136,7 +136,9 @@ mod tests {
                 policy: None,
             },
             cluster: crate::common::ClusterArgs {
-                cluster: "c".into(),
+                dir: crate::common::ClusterDir {
+                    cluster: "c".into(),
+                },
                 remote: None,
                 connect_timeout: Duration::from_secs(1),
             },
