@@ -58,7 +58,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     crate::init::run(init).map(|_| ())?;
     runtime()?.block_on(async {
-        let nodes = mend_engine::node::start_all(&dir).await?;
+        let nodes = mend_engine::node::start_all(&dir, Default::default()).await?;
         println!("\n== 3 groups started on loopback:");
         for n in &nodes {
             println!("  {} listening on {}", n.id, n.addr);

@@ -2,12 +2,14 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use mend_engine::node::NodeOptions;
 use mend_engine::route::RouteList;
 
-use crate::common::{init_logging, runtime, ClusterDir};
+use crate::common::{init_logging, parse_seconds, runtime, ClusterDir};
 
 /// Arguments of `mend node`.
 #[derive(Debug, Args)]
@@ -20,6 +22,17 @@ pub struct NodeArgs {
     /// Run every node of the cluster in this process (demos, tests, one machine).
     #[arg(long)]
     pub all: bool,
+    /// Seconds a request stream may take to deliver its whole request once it holds one of
+    /// the node's request slots; then it is reset and the slot freed, so a peer that opens
+    /// streams and stalls cannot starve other clients. Values streamed after a request
+    /// are not under this limit.
+    #[arg(
+        long,
+        default_value = "30",
+        value_name = "SECS",
+        value_parser = parse_seconds
+    )]
+    pub request_timeout: Duration,
 }
 
 /// Runs `mend node`: prints `ready NODE ADDR` per node once it serves, then waits for
@@ -28,9 +41,12 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     init_logging("info");
     let rt = runtime()?;
     let dir = args.dir.checked()?;
+    let options = NodeOptions {
+        request_read_timeout: args.request_timeout,
+    };
     rt.block_on(async {
         let nodes = if args.all {
-            mend_engine::node::start_all(dir).await?
+            mend_engine::node::start_all(dir, options).await?
         } else {
             let id = args
                 .id
@@ -38,7 +54,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
                 .expect("clap requires --id without --all");
             let route = RouteList::load(dir)?;
             let store = mend_engine::node::open_store(dir, &route, id)?;
-            vec![mend_engine::node::start(dir, id, store).await?]
+            vec![mend_engine::node::start_with(dir, id, store, options).await?]
         };
         {
             let mut out = std::io::stdout().lock();

@@ -292,6 +292,29 @@ fn bad_input_is_a_one_line_error_with_exit_2() {
     // A wrong flag is a usage error.
     let out = c.run(&["put", "--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2));
+
+    // Nodes: no cluster dir, and a request time limit that is not a number of seconds.
+    for (args, named) in [
+        (
+            &["node", "--all", "--cluster", "/nonexistent/mend"][..],
+            "/nonexistent/mend has no cluster.toml",
+        ),
+        (
+            &[
+                "node",
+                "--all",
+                "--cluster",
+                "/nonexistent/mend",
+                "--request-timeout",
+                "0",
+            ][..],
+            "\"0\" is not a number of seconds",
+        ),
+    ] {
+        let out = c.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(named), "{args:?}: {}", stderr(&out));
+    }
 }
 
 #[test]

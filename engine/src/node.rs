@@ -989,12 +989,15 @@ async fn read_exact(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> Result<(), 
 }
 
 /// Runs every node of the cluster in `cluster_dir` in this process.
-pub async fn start_all(cluster_dir: &Path) -> Result<Vec<RunningNode>, NodeError> {
+pub async fn start_all(
+    cluster_dir: &Path,
+    options: NodeOptions,
+) -> Result<Vec<RunningNode>, NodeError> {
     let route = RouteList::load(cluster_dir)?;
     let mut nodes = Vec::new();
     for entry in &route.nodes {
         let store = open_store(cluster_dir, &route, &entry.id)?;
-        nodes.push(start(cluster_dir, &entry.id, store).await?);
+        nodes.push(start_with(cluster_dir, &entry.id, store, options.clone()).await?);
     }
     Ok(nodes)
 }
