@@ -33,6 +33,12 @@ pub struct NodeArgs {
         value_parser = parse_seconds
     )]
     pub request_timeout: Duration,
+    /// Do not serve: rebuild the node's fingerprints (--all: every node's) from its stored
+    /// versions, say how many partitions were wrong, and exit. For a fingerprint table
+    /// damaged by a bad disk or a bug; the node must be stopped (its store is locked while
+    /// it runs). Nothing but the fingerprints changes.
+    #[arg(long)]
+    pub rebuild_fingerprints: bool,
 }
 
 /// Runs `mend node`: prints `ready NODE ADDR` per node once it serves, then waits for
@@ -41,6 +47,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     init_logging("info");
     let rt = runtime()?;
     let dir = args.dir.checked()?;
+    if args.rebuild_fingerprints {
+        return rebuild_fingerprints(dir, args.id.as_deref());
+    }
     let options = NodeOptions {
         request_read_timeout: args.request_timeout,
     };
@@ -70,6 +79,29 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `mend node --rebuild-fingerprints`: one node, or every node of the cluster dir.
+fn rebuild_fingerprints(dir: &std::path::Path, id: Option<&str>) -> anyhow::Result<ExitCode> {
+    let route = RouteList::load(dir)?;
+    let ids: Vec<&str> = match id {
+        Some(id) => vec![id],
+        None => route.nodes.iter().map(|n| n.id.as_str()).collect(),
+    };
+    for id in ids {
+        let store = mend_engine::node::open_store(dir, &route, id)?;
+        let before = store.partition_fingerprints(0, u16::MAX)?;
+        store
+            .rebuild_fingerprints()
+            .with_context(|| format!("rebuilding the fingerprints of node {id}"))?;
+        let after = store.partition_fingerprints(0, u16::MAX)?;
+        let wrong = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+        println!(
+            "{id}: fingerprints rebuilt; {wrong} of {} partitions were wrong",
+            after.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -236,3 +236,46 @@ fn verify_with_one_node_compares_only_its_ranges() {
     let out = c.run(&["verify", "-g", "1,2,3", "-o", "g9n9"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// "N of M partitions were wrong" from each line of `mend node --rebuild-fingerprints`.
+fn wrong_partitions(out: &str) -> Vec<usize> {
+    out.lines()
+        .map(|line| {
+            let (_, rest) = line.split_once("; ").unwrap_or_else(|| panic!("{line}"));
+            rest.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn rebuild_fingerprints_restores_a_damaged_table_of_a_stopped_node() {
+    let mut c = Cluster::start(3, 1);
+    c.ok(&["load", "-g", "1,2,3", "--count", "3000", "--size", "16"]);
+    assert!(verify_ids(&c, &[]).0.is_empty());
+
+    // A running node's store is locked: refused, naming the file, nothing changed.
+    let out = c.run(&["node", "--id", "g1n1", "--rebuild-fingerprints"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("store.redb"), "{err}");
+
+    assert!(c.stop().success());
+    let path = c.path().join("data").join("g1n1").join("store.redb");
+    {
+        let store = mend_engine::store::RedbStore::open(&path).unwrap();
+        use mend_engine::store::Store;
+        let before = store.partition_fingerprints(0, u16::MAX).unwrap();
+        store.debug_damage_fingerprints().unwrap();
+        assert_ne!(store.partition_fingerprints(0, u16::MAX).unwrap(), before);
+    }
+    let out = c.ok(&["node", "--id", "g1n1", "--rebuild-fingerprints"]);
+    let wrong = wrong_partitions(&out);
+    assert_eq!(wrong.len(), 1, "{out}");
+    assert!(wrong[0] > 0, "{out}");
+    // Every node, again: nothing left to repair.
+    let out = c.ok(&["node", "--all", "--rebuild-fingerprints"]);
+    assert_eq!(wrong_partitions(&out), vec![0, 0, 0], "{out}");
+
+    c.start_nodes(3);
+    assert!(verify_ids(&c, &[]).0.is_empty());
+}
