@@ -3,6 +3,7 @@
 # identical replicas (fingerprints vs --full-scan), then d = 10, 1000, 10000 keys changed in
 # group 2 (cumulative: 10, then 1000, then 10000 in all): keys found, bytes, round trips.
 # Values are 64 bytes: verify moves metadata only, so value size does not matter here.
+# Then store write throughput with and without fingerprint maintenance.
 source "$(dirname "$0")/lib.sh"
 N=1000000
 [ "$QUICK" = 1 ] && N=20000
@@ -46,3 +47,19 @@ for d in 10 1000 10000; do
 done
 "$MEND" verify -g 1,2,3 --json --full-scan >"$WORK/v.json" || true
 row "$done_keys differing, --full-scan" "$WORK/v.json"
+
+# Write throughput with and without fingerprint maintenance (target: at least 90 %): the
+# same 1 KiB writes with random ids into two stores, alternating rounds
+# (engine/examples/write_throughput), at `mend load`'s batch and the node's largest
+# coalesced batch.
+if [ "$QUICK" = 1 ]; then
+  (cd "$ROOT" && cargo build -q -p mend-engine --example write_throughput)
+  WT="$TARGET/debug/examples/write_throughput"; W=8000
+else
+  (cd "$ROOT" && cargo build -q --release -p mend-engine --example write_throughput)
+  WT="$TARGET/release/examples/write_throughput"; W=160000
+fi
+for b in 4096 16384; do
+  echo
+  "$WT" "$W" "$b"
+done
