@@ -135,9 +135,10 @@ trait During<T> {
     fn during(self, op: &'static str) -> Result<T, StoreError>;
 }
 
-impl<T, E: StdError + Send + Sync + 'static> During<T> for Result<T, E> {
+impl<T, E: Into<redb::Error>> During<T> for Result<T, E> {
     fn during(self, op: &'static str) -> Result<T, StoreError> {
-        self.map_err(|e| StoreError::backend(op, e))
+        // One error type, so that an I/O error can be recognised ([`is_io_error`]).
+        self.map_err(|e| StoreError::backend(op, e.into()))
     }
 }
 
@@ -554,21 +555,170 @@ struct MalformedLog {
 }
 
 /// A [`Store`] in one redb database file.
+///
+/// After an I/O error (a full disk, most often) redb refuses every later operation until the
+/// database is closed and opened again. So a store notes the error, and its next operation
+/// first reopens the file (which succeeds once the handles of readers and uploads still
+/// open are gone): a node whose disk filled up works again once there is room, without a
+/// restart.
 #[derive(Debug)]
 pub struct RedbStore {
-    db: Arc<Database>,
     path: PathBuf,
+    maintain_fingerprints: bool,
+    /// The open database; `None` only while a reopen has not succeeded yet.
+    opened: std::sync::RwLock<Option<Arc<Opened>>>,
+    /// An operation failed with an I/O error: reopen before the next one.
+    broken: std::sync::atomic::AtomicBool,
+}
+
+/// One opening of the database file.
+#[derive(Debug)]
+struct Opened {
+    db: Arc<Database>,
     maintain_fingerprints: bool,
     mirror: Mirror,
 }
 
-/// The page cache of a node's database.
-pub const CACHE_BYTES: usize = 16 << 20;
+/// Whether `e` is (or follows) an I/O error of the database file.
+fn is_io_error(e: &StoreError) -> bool {
+    matches!(e, StoreError::Backend { source, .. }
+    if source.downcast_ref::<redb::Error>().is_some_and(|e| {
+        matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
+    }))
+}
 
 impl RedbStore {
     /// Opens the store in `path`, creating it if absent, and discards the chunks of every
     /// upload a previous process left unfinished.
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
+        RedbStore::open_with(path, true)
+    }
+
+    /// Opens the store like [`RedbStore::open`] but does not maintain fingerprints: only
+    /// for measuring what their maintenance costs (`scripts/bench-verify.sh`); its
+    /// fingerprints are wrong until [`Store::rebuild_fingerprints`].
+    pub fn open_for_measurement_without_fingerprints(path: &Path) -> Result<RedbStore, StoreError> {
+        RedbStore::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, maintain_fingerprints: bool) -> Result<RedbStore, StoreError> {
+        let opened = Opened::open(path, maintain_fingerprints)?;
+        Ok(RedbStore {
+            path: path.to_path_buf(),
+            maintain_fingerprints,
+            opened: std::sync::RwLock::new(Some(Arc::new(opened))),
+            broken: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open database, reopened first if an I/O error broke it.
+    fn opened(&self) -> Result<Arc<Opened>, StoreError> {
+        use std::sync::atomic::Ordering;
+        if !self.broken.load(Ordering::Acquire) {
+            if let Some(opened) = self.opened.read().expect("store lock").as_ref() {
+                return Ok(Arc::clone(opened));
+            }
+        }
+        let mut slot = self.opened.write().expect("store lock");
+        if self.broken.load(Ordering::Acquire) {
+            // Let go of the broken handle: the file's lock goes with the last one.
+            *slot = None;
+            self.broken.store(false, Ordering::Release);
+        }
+        if slot.is_none() {
+            let opened = Opened::open(&self.path, self.maintain_fingerprints)?;
+            tracing::warn!(path = %self.path.display(), "reopened the store after an I/O error");
+            *slot = Some(Arc::new(opened));
+        }
+        Ok(Arc::clone(slot.as_ref().expect("just opened")))
+    }
+
+    /// Runs `op` on the open database; an I/O error makes the next operation reopen it.
+    fn with<T>(&self, op: impl FnOnce(&Opened) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let opened = self.opened()?;
+        let result = op(&opened);
+        if let Err(e) = &result {
+            if is_io_error(e) {
+                self.broken
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+        result
+    }
+
+    /// Debugging and tests: flips one byte of the first chunk of the stored value of `id`,
+    /// leaving its version row and fingerprint alone, as bit rot on disk would. Returns
+    /// false when `id` has no value bytes (absent, a tombstone, or empty).
+    pub fn debug_corrupt_value(&self, id: &Id) -> Result<bool, StoreError> {
+        self.with(|o| o.debug_corrupt_value(id))
+    }
+
+    /// Debugging and tests: damages `fingerprints_v1` the ways a bad disk or a bug could —
+    /// every other row overwritten with garbage, one row deleted, one row invented for a
+    /// partition that holds nothing, the log lost — so that [`Store::rebuild_fingerprints`]
+    /// can be shown to restore it.
+    pub fn debug_damage_fingerprints(&self) -> Result<(), StoreError> {
+        self.with(Opened::debug_damage_fingerprints)
+    }
+}
+
+impl Store for RedbStore {
+    fn lookup(&self, id: &Id) -> Result<Option<Record>, StoreError> {
+        self.with(|o| o.lookup(id))
+    }
+
+    fn scan(
+        &self,
+        range: &IdRange,
+        after: Option<&Id>,
+        limit: usize,
+    ) -> Result<Vec<(Id, Record)>, StoreError> {
+        self.with(|o| o.scan(range, after, limit))
+    }
+
+    fn put_batch(&self, items: &[PutItem<'_>]) -> Result<Vec<PutOutcome>, StoreError> {
+        self.with(|o| o.put_batch(items))
+    }
+
+    fn begin_upload(&self, id: Id, version: Version) -> Result<Box<dyn Upload>, StoreError> {
+        self.with(|o| o.begin_upload(id, version))
+    }
+
+    fn open_value(&self, id: &Id) -> Result<Option<Box<dyn ValueReader>>, StoreError> {
+        self.with(|o| o.open_value(id))
+    }
+
+    fn remove_exact(&self, id: &Id, version: &Version) -> Result<bool, StoreError> {
+        self.with(|o| o.remove_exact(id, version))
+    }
+
+    fn mark_corrupt(&self, id: &Id, version: &Version) -> Result<bool, StoreError> {
+        self.with(|o| o.mark_corrupt(id, version))
+    }
+
+    fn partition_fingerprints(
+        &self,
+        first: u16,
+        last: u16,
+    ) -> Result<Vec<Fingerprint>, StoreError> {
+        self.with(|o| o.partition_fingerprints(first, last))
+    }
+
+    fn rebuild_fingerprints(&self) -> Result<(), StoreError> {
+        self.with(Opened::rebuild_fingerprints)
+    }
+}
+
+/// The page cache of a node's database.
+pub const CACHE_BYTES: usize = 16 << 20;
+
+impl Opened {
+    fn open(path: &Path, maintain_fingerprints: bool) -> Result<Opened, StoreError> {
         let open_error = |source: Box<dyn StdError + Send + Sync>| StoreError::Open {
             path: path.to_path_buf(),
             source,
@@ -581,33 +731,14 @@ impl RedbStore {
             .map_err(|e| open_error(Box::new(e)))?;
         prepare(&db).map_err(open_error)?;
         let mirror = Mirror::load(&db)?;
-        Ok(RedbStore {
+        Ok(Opened {
             db: Arc::new(db),
-            path: path.to_path_buf(),
-            maintain_fingerprints: true,
+            maintain_fingerprints,
             mirror,
         })
     }
 
-    /// Opens the store like [`RedbStore::open`] but does not maintain fingerprints: only
-    /// for measuring what their maintenance costs (`scripts/bench-verify.sh`); its
-    /// fingerprints are wrong until [`Store::rebuild_fingerprints`].
-    pub fn open_for_measurement_without_fingerprints(path: &Path) -> Result<RedbStore, StoreError> {
-        Ok(RedbStore {
-            maintain_fingerprints: false,
-            ..RedbStore::open(path)?
-        })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Debugging and tests: flips one byte of the first chunk of the stored value of `id`,
-    /// leaving its version row and fingerprint alone, as bit rot on disk would. Returns
-    /// false when `id` has no value bytes (absent, a tombstone, or empty).
-    pub fn debug_corrupt_value(&self, id: &Id) -> Result<bool, StoreError> {
+    fn debug_corrupt_value(&self, id: &Id) -> Result<bool, StoreError> {
         const OP: &str = "debug_corrupt_value";
         let txn = self.db.begin_write().during(OP)?;
         let flipped = {
@@ -639,11 +770,7 @@ impl RedbStore {
         Ok(flipped)
     }
 
-    /// Debugging and tests: damages `fingerprints_v1` the ways a bad disk or a bug could —
-    /// every other row overwritten with garbage, one row deleted, one row invented for a
-    /// partition that holds nothing, the log lost — so that [`Store::rebuild_fingerprints`] can be shown
-    /// to restore it.
-    pub fn debug_damage_fingerprints(&self) -> Result<(), StoreError> {
+    fn debug_damage_fingerprints(&self) -> Result<(), StoreError> {
         const OP: &str = "debug_damage_fingerprints";
         let mut mirror = self.mirror.lock();
         let txn = self.db.begin_write().during(OP)?;
@@ -737,7 +864,7 @@ fn allocate_generations(
     Ok(first)
 }
 
-impl Store for RedbStore {
+impl Store for Opened {
     fn lookup(&self, id: &Id) -> Result<Option<Record>, StoreError> {
         const OP: &str = "lookup";
         let txn = self.db.begin_read().during(OP)?;
@@ -1259,7 +1386,7 @@ mod tests {
     use redb::ReadableTableMetadata;
 
     fn chunk_rows(store: &RedbStore) -> Vec<[u8; CHUNK_KEY_BYTES]> {
-        let txn = store.db.begin_read().expect("begin_read");
+        let txn = store.opened().unwrap().db.begin_read().expect("begin_read");
         let chunks = txn.open_table(CHUNKS).expect("chunks table");
         chunks
             .iter()
@@ -1269,7 +1396,7 @@ mod tests {
     }
 
     fn upload_rows(store: &RedbStore) -> usize {
-        let txn = store.db.begin_read().expect("begin_read");
+        let txn = store.opened().unwrap().db.begin_read().expect("begin_read");
         let uploads = txn.open_table(UPLOADS).expect("uploads table");
         uploads.iter().expect("iter").count()
     }
@@ -1414,7 +1541,12 @@ mod tests {
                 }])
                 .expect("put_batch");
             // What a process killed mid-upload leaves: a recorded upload and staged chunks.
-            let txn = store.db.begin_write().expect("begin_write");
+            let txn = store
+                .opened()
+                .unwrap()
+                .db
+                .begin_write()
+                .expect("begin_write");
             {
                 let mut uploads = txn.open_table(UPLOADS).expect("uploads");
                 uploads.insert(999, &id.0).expect("insert");
@@ -1441,7 +1573,7 @@ mod tests {
 
     /// Entries in the log and rows in the table, read from the file.
     fn log_and_table_rows(store: &RedbStore) -> (usize, usize) {
-        let txn = store.db.begin_read().expect("begin_read");
+        let txn = store.opened().unwrap().db.begin_read().expect("begin_read");
         let log = txn.open_table(FINGERPRINT_LOG).expect("log");
         let entries = log
             .iter()
@@ -1555,7 +1687,12 @@ mod tests {
         let store = RedbStore::open(&path).expect("open");
         // Pages in use (the file itself grows ahead of them).
         let allocated = |store: &RedbStore| {
-            let txn = store.db.begin_write().expect("begin_write");
+            let txn = store
+                .opened()
+                .unwrap()
+                .db
+                .begin_write()
+                .expect("begin_write");
             let stats = txn.stats().expect("stats");
             stats.allocated_pages() * stats.page_size() as u64
         };
@@ -1612,7 +1749,12 @@ mod tests {
         let path = dir.path().join("s.redb");
         {
             let store = RedbStore::open(&path).expect("open");
-            let txn = store.db.begin_write().expect("begin_write");
+            let txn = store
+                .opened()
+                .unwrap()
+                .db
+                .begin_write()
+                .expect("begin_write");
             txn.open_table(META)
                 .expect("meta")
                 .insert(SCHEMA_KEY, 99)
