@@ -477,9 +477,22 @@ pub async fn accept_hello(
         let wire_error = |source| TransportError::Wire { addr, source };
         // Hello is a few bytes; a connection's first stream is not under the node's bound
         // on requests in flight, so it gets a frame limit of its own.
-        let first: Option<Request> = wire::read_frame_limited(&mut recv, MAX_HELLO_FRAME)
-            .await
-            .map_err(wire_error)?;
+        let first: Option<Request> =
+            match wire::read_frame_limited(&mut recv, MAX_HELLO_FRAME).await {
+                Ok(first) => first,
+                Err(e) => {
+                    // Say why before the caller closes the connection: a stream dropped here
+                    // would end cleanly, and the client could see that end before the close.
+                    let refusal = Response::Error(RemoteError {
+                        kind: ErrorKind::Protocol,
+                        message: format!("bad first frame: {e}"),
+                    });
+                    let _ = wire::write_frame(&mut send, &refusal).await;
+                    let _ = send.finish();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+                    return Err(wire_error(e));
+                }
+            };
         let (answer, outcome) = match first {
             Some(Request::Hello { protocol }) if protocol == PROTOCOL_VERSION => (
                 Response::Hello {
