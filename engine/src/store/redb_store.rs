@@ -316,7 +316,9 @@ impl FingerprintDelta {
                 .copied()
                 .unwrap_or(mirror.all[usize::from(p)])
         };
-        for partition in mirror.unfolded.iter().chain(self.0.keys()) {
+        // Each logged or changed partition once: most of this transaction's are logged too.
+        let changed: std::collections::BTreeSet<u16> = self.0.keys().copied().collect();
+        for partition in mirror.unfolded.union(&changed) {
             let fp = latest(*partition);
             if fp == Fingerprint::EMPTY {
                 table.remove(*partition).during(op)?;
@@ -1179,6 +1181,7 @@ impl RedbUpload {
         }
         txn.commit().during(OP)?;
         self.staged += 1;
+        self.staged_bytes += chunk.len() as u64;
         Ok(())
     }
 
@@ -1195,7 +1198,6 @@ impl RedbUpload {
                 // A whole chunk at hand: stage it without copying.
                 let (chunk, rest) = bytes.split_at(want);
                 self.stage(chunk)?;
-                self.staged_bytes += want as u64;
                 bytes = rest;
                 continue;
             }
@@ -1205,7 +1207,6 @@ impl RedbUpload {
             if self.buffer.len() == want {
                 let chunk = std::mem::take(&mut self.buffer);
                 self.stage(&chunk)?;
-                self.staged_bytes += want as u64;
                 self.buffer = chunk;
                 self.buffer.clear();
             }
