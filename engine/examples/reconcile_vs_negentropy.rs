@@ -15,8 +15,8 @@
 //!   by B (as in BASELINES.md).
 //! - mend: the sans-io [`Reconcile`] driven exactly as `engine::compare` drives it (one
 //!   coordinator asks both replicas every round; asks are cut into requests as
-//!   `compare::ask` cuts them), each replica answered by the node's own request handlers
-//!   (`node::fingerprints`, `summaries`, `records`) over an in-memory [`MemoryStore`].
+//!   `compare::ask` cuts them, `wire::compare_requests`), each replica answered by the
+//!   node's own handler (`node::compare`) over an in-memory [`MemoryStore`].
 //!   Bytes are the encoded wire frames (`wire::encode_frame`: 4-byte length + bincode) of
 //!   every request and response, to both replicas: the protocol's bytes, without QUIC/TLS
 //!   framing and handshakes (`mend verify --json` reports those, measured on real nodes).
@@ -121,54 +121,33 @@ fn frame_len<T: bincode::Encode>(msg: &T) -> u64 {
 /// returns the answers and the bytes of every request and response frame.
 fn ask(store: &dyn Store, round: &Round) -> (Answers, u64) {
     let mut bytes = 0;
-    let mut answers = Answers::default();
-    let per_request = wire::fingerprint_ranges_per_request(round.split);
-    for ranges in round.fingerprints.chunks(per_request) {
-        bytes += frame_len(&Request::Fingerprints {
-            ranges: ranges.to_vec(),
-            split: round.split,
-        });
-        let f = node::fingerprints(store, ranges, round.split).expect("fingerprints");
-        let resp = Response::Fingerprints(f);
+    let mut answers = Answers::new();
+    for request in wire::compare_requests(round) {
+        bytes += frame_len(&request);
+        let Request::Compare { tops, split, asks } = request else {
+            unreachable!("compare requests")
+        };
+        let part = Round { tops, split, asks };
+        let resp = Response::Compared(node::compare(store, &part).expect("answers"));
         bytes += frame_len(&resp);
-        let Response::Fingerprints(f) = resp else {
+        let Response::Compared(a) = resp else {
             unreachable!()
         };
-        answers.fingerprints.extend(f);
-    }
-    for ranges in round.summaries.chunks(wire::MAX_LIST_RANGES) {
-        bytes += frame_len(&Request::Summaries {
-            ranges: ranges.to_vec(),
-        });
-        let resp = Response::Summaries(node::summaries(store, ranges).expect("summaries"));
-        bytes += frame_len(&resp);
-        let Response::Summaries(s) = resp else {
-            unreachable!()
-        };
-        answers.summaries.extend(s);
-    }
-    for ranges in round.records.chunks(wire::MAX_LIST_RANGES) {
-        bytes += frame_len(&Request::Records {
-            ranges: ranges.to_vec(),
-        });
-        let resp = Response::Found(node::records(store, ranges).expect("records"));
-        bytes += frame_len(&resp);
-        let Response::Found(r) = resp else {
-            unreachable!()
-        };
-        answers.records.extend(r);
+        answers.extend(a);
     }
     (answers, bytes)
 }
 
 fn mend_side(a: &MemoryStore, b: &MemoryStore) -> Outcome {
     let started = Instant::now();
-    // MEND_SPLIT and MEND_LEAF_ITEMS try other tunings than the default.
+    // MEND_SPLIT, MEND_LEAF_ITEMS and MEND_SHORT_BELOW (0: full width) try other tunings than the default.
     let tuning = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
     let default = Config::default();
     let config = Config {
         split: tuning("MEND_SPLIT").map_or(default.split, |s| s.clamp(2, 256) as u16),
         leaf_items: tuning("MEND_LEAF_ITEMS").unwrap_or(default.leaf_items),
+        short_below: tuning("MEND_SHORT_BELOW").unwrap_or(default.short_below),
+        ..default
     };
     let mut rec = Reconcile::new(vec![IdRange::partitions(0, u16::MAX)], 2, config);
     let (mut bytes, mut one_side_bytes) = (0, 0);

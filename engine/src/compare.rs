@@ -128,59 +128,21 @@ pub async fn compare_range(
     Ok((rec.into_differences(), stats))
 }
 
-/// Sends one round to one replica: the three kinds of asks at once, each cut to the
-/// request limits, on parallel streams (nothing for an empty round).
+/// Sends one round to one replica, cut into requests within the protocol's budget, on
+/// parallel streams (nothing for an empty round).
 async fn ask(peer: &Peer, round: &Round) -> Result<Answers, ClientError> {
-    if round.is_empty() {
-        return Ok(Answers::default());
-    }
-    let per_request = wire::fingerprint_ranges_per_request(round.split);
-    let fingerprints = try_join_all(round.fingerprints.chunks(per_request).map(
-        |ranges| async move {
-            match peer
-                .call(&Request::Fingerprints {
-                    ranges: ranges.to_vec(),
-                    split: round.split,
-                })
-                .await?
-            {
-                Response::Fingerprints(f) => Ok(f),
-                other => Err(unexpected(peer, "fingerprints", &other)),
-            }
-        },
-    ));
-    let summaries = try_join_all(round.summaries.chunks(wire::MAX_LIST_RANGES).map(
-        |ranges| async move {
-            match peer
-                .call(&Request::Summaries {
-                    ranges: ranges.to_vec(),
-                })
-                .await?
-            {
-                Response::Summaries(s) => Ok(s),
-                other => Err(unexpected(peer, "summaries", &other)),
-            }
-        },
-    ));
-    let records = try_join_all(round.records.chunks(wire::MAX_LIST_RANGES).map(
-        |ranges| async move {
-            match peer
-                .call(&Request::Records {
-                    ranges: ranges.to_vec(),
-                })
-                .await?
-            {
-                Response::Found(r) => Ok(r),
-                other => Err(unexpected(peer, "records", &other)),
-            }
-        },
-    ));
-    let (f, s, r) = futures_util::try_join!(fingerprints, summaries, records)?;
-    Ok(Answers {
-        fingerprints: f.into_iter().flatten().collect(),
-        summaries: s.into_iter().flatten().collect(),
-        records: r.into_iter().flatten().collect(),
-    })
+    let requests = wire::compare_requests(round);
+    let answers = try_join_all(requests.iter().map(|request| async move {
+        let Request::Compare { asks, .. } = request else {
+            unreachable!("compare_requests makes Compare requests")
+        };
+        match peer.call(request).await? {
+            Response::Compared(a) if a.len() == asks.len() => Ok(a),
+            other => Err(unexpected(peer, "compare", &other)),
+        }
+    }))
+    .await?;
+    Ok(answers.into_iter().flatten().collect())
 }
 
 fn unexpected(peer: &Peer, request: &'static str, answer: &Response) -> ClientError {

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::pki::Credentials;
+use crate::reconcile::AnswerError;
 use crate::route::{parse_addr, RouteError, RouteList, CLUSTER_FILE};
 use crate::store::{PutItem, Store, StoreError, CHUNK_SIZE};
 use crate::transport::{self, TransportError};
@@ -488,13 +489,34 @@ async fn handle(
             }
             Response::Fingerprints(blocking(move || fingerprints(&*store, &ranges, split)).await?)
         }
-        Request::Summaries { ranges } => {
-            check_list(ranges.len())?;
-            Response::Summaries(blocking(move || summaries(&*store, &ranges)).await?)
-        }
-        Request::Records { ranges } => {
-            check_list(ranges.len())?;
-            Response::Found(blocking(move || records(&*store, &ranges)).await?)
+        Request::Compare { tops, split, asks } => {
+            let cost: usize = asks.iter().map(|a| wire::ask_cost(a, split)).sum();
+            if cost > wire::COMPARE_BUDGET || tops.len() > wire::MAX_COMPARE_TOPS {
+                return Err(Failure(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "{} asks costing {cost} over {} ranges, at most {} and {}",
+                        asks.len(),
+                        tops.len(),
+                        wire::COMPARE_BUDGET,
+                        wire::MAX_COMPARE_TOPS
+                    ),
+                ));
+            }
+            let round = crate::reconcile::Round { tops, split, asks };
+            let answered = tokio::task::spawn_blocking(move || compare(&*store, &round))
+                .await
+                .map_err(|e| Failure(ErrorKind::Storage, format!("store task failed: {e}")))?;
+            match answered {
+                Ok(answers) => Response::Compared(answers),
+                Err(AnswerError::BadAsk { index, what }) => {
+                    return Err(Failure(
+                        ErrorKind::BadRequest,
+                        format!("ask {index}: {what}"),
+                    ))
+                }
+                Err(AnswerError::Source(e)) => return Err(e.into()),
+            }
         }
         Request::Read { id } => return read_value(send, store, id).await,
         Request::Write { id, version } => {
@@ -772,19 +794,6 @@ pub fn range_fingerprint(store: &dyn Store, range: &IdRange) -> Result<Fingerpri
     Ok(fp)
 }
 
-fn check_list(ranges: usize) -> Result<(), Failure> {
-    if ranges > wire::MAX_LIST_RANGES {
-        return Err(Failure(
-            ErrorKind::BadRequest,
-            format!(
-                "{ranges} ranges in one request, at most {}",
-                wire::MAX_LIST_RANGES
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Calls `f` on every record of `range`, in id order, a page at a time; fails once more
 /// than `budget` records were visited in all.
 fn for_each_record(
@@ -812,43 +821,42 @@ fn for_each_record(
     }
 }
 
-/// Item summaries of each range (see [`crate::reconcile::summary`]).
-pub fn summaries(
-    store: &dyn Store,
-    ranges: &[IdRange],
-) -> Result<Vec<Vec<crate::reconcile::Summary>>, StoreError> {
-    let mut budget = wire::MAX_LIST_ITEMS;
-    ranges
-        .iter()
-        .map(|range| {
-            let mut out = Vec::new();
-            for_each_record(store, range, &mut budget, |id, r| {
-                out.push(crate::reconcile::summary(id, r))
-            })?;
-            Ok(out)
-        })
-        .collect()
+/// A node's store as the source of a comparison's answers, visiting at most
+/// [`wire::MAX_LIST_ITEMS`] items per request.
+struct CompareSource<'a> {
+    store: &'a dyn Store,
+    budget: std::cell::Cell<usize>,
 }
 
-/// The records of each range whose id tag ([`crate::reconcile::id_tag`]) is listed.
-pub fn records(
+impl crate::reconcile::ItemSource for CompareSource<'_> {
+    type Error = StoreError;
+
+    fn fingerprint(&self, range: &IdRange) -> Result<Fingerprint, StoreError> {
+        range_fingerprint(self.store, range)
+    }
+
+    fn for_each(
+        &self,
+        range: &IdRange,
+        f: &mut dyn FnMut(&Id, &crate::Record),
+    ) -> Result<(), StoreError> {
+        let mut budget = self.budget.get();
+        let visited = for_each_record(self.store, range, &mut budget, f);
+        self.budget.set(budget);
+        visited
+    }
+}
+
+/// Answers one [`wire::Request::Compare`] from the store.
+pub fn compare(
     store: &dyn Store,
-    ranges: &[(IdRange, Vec<u32>)],
-) -> Result<Vec<Vec<(Id, crate::Record)>>, StoreError> {
-    let mut budget = wire::MAX_LIST_ITEMS;
-    ranges
-        .iter()
-        .map(|(range, tags)| {
-            let wanted: std::collections::BTreeSet<u32> = tags.iter().copied().collect();
-            let mut out = Vec::new();
-            for_each_record(store, range, &mut budget, |id, r| {
-                if wanted.contains(&crate::reconcile::id_tag(id)) {
-                    out.push((*id, *r));
-                }
-            })?;
-            Ok(out)
-        })
-        .collect()
+    round: &crate::reconcile::Round,
+) -> Result<Vec<crate::reconcile::CompareAnswer>, AnswerError<StoreError>> {
+    let source = CompareSource {
+        store,
+        budget: std::cell::Cell::new(wire::MAX_LIST_ITEMS),
+    };
+    crate::reconcile::answer_round(&source, round)
 }
 
 fn scan_fingerprint(store: &dyn Store, range: &IdRange) -> Result<Fingerprint, StoreError> {

@@ -15,12 +15,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::fingerprint::Fingerprint;
 use crate::id::{Id, IdRange};
+use crate::reconcile::{CompareAnswer, CompareAsk, Round};
 use crate::route::RouteList;
 use crate::store::PutOutcome;
 use crate::version::{Record, Version};
 
 /// The protocol version spoken by this build; a peer with another one is refused.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame payload either side sends or accepts.
 pub const MAX_FRAME: usize = 8 << 20;
@@ -81,15 +82,16 @@ pub enum Request {
         /// Parts per range (1 = the range itself).
         split: u16,
     },
-    /// Item summaries (id tag, hash of id and record) of each range, for comparison.
-    Summaries {
-        /// The ranges to list.
-        ranges: Vec<IdRange>,
-    },
-    /// The records in each range whose id tag ([`crate::reconcile::id_tag`]) is listed.
-    Records {
-        /// Each range with the id tags wanted in it.
-        ranges: Vec<(IdRange, Vec<u32>)>,
+    /// One round of a comparison ([`crate::reconcile`]): asks about ranges located in
+    /// `tops`, answered in order by [`Response::Compared`]. At most
+    /// [`COMPARE_BUDGET`] in [`ask_cost`].
+    Compare {
+        /// The comparison's ranges, which the asks' locations start from.
+        tops: Vec<IdRange>,
+        /// Parts per level (2 to 256).
+        split: u16,
+        /// The questions.
+        asks: Vec<CompareAsk>,
     },
     /// A value: answered with [`Response::Value`] then its raw bytes.
     Read {
@@ -158,8 +160,50 @@ pub const MAX_LOOKUP: usize = 16 * 1024;
 /// Records per [`Request::Scrub`].
 pub const MAX_SCRUB_PAGE: u32 = 4096;
 
-/// Ranges per [`Request::Summaries`] or [`Request::Records`].
-pub const MAX_LIST_RANGES: usize = 4096;
+/// What one [`Request::Compare`] may ask, in [`ask_cost`].
+pub const COMPARE_BUDGET: usize = 65_536;
+
+/// Top ranges per [`Request::Compare`].
+pub const MAX_COMPARE_TOPS: usize = 4096;
+
+/// The cost of an ask against [`COMPARE_BUDGET`]: fingerprints computed, or a share of the
+/// answer frame for lists (records are about 110 bytes each, so 1,024 record asks of a few
+/// records each stay far inside [`MAX_FRAME`]).
+pub fn ask_cost(ask: &CompareAsk, split: u16) -> usize {
+    match ask {
+        CompareAsk::Whole(_) => 1,
+        CompareAsk::Fingerprints(_) | CompareAsk::Sums(_) => usize::from(split.max(1)),
+        CompareAsk::Hashes(..) => 16,
+        CompareAsk::Records(..) => 64,
+    }
+}
+
+/// A round cut into requests within [`COMPARE_BUDGET`] (none for an empty round).
+pub fn compare_requests(round: &Round) -> Vec<Request> {
+    let mut requests = Vec::new();
+    let mut asks = Vec::new();
+    let mut cost = 0;
+    for ask in &round.asks {
+        let c = ask_cost(ask, round.split);
+        if cost + c > COMPARE_BUDGET && !asks.is_empty() {
+            requests.push(std::mem::take(&mut asks));
+            cost = 0;
+        }
+        cost += c;
+        asks.push(ask.clone());
+    }
+    if !asks.is_empty() {
+        requests.push(asks);
+    }
+    requests
+        .into_iter()
+        .map(|asks| Request::Compare {
+            tops: round.tops.clone(),
+            split: round.split,
+            asks,
+        })
+        .collect()
+}
 
 /// Ranges × `split` per [`Request::Fingerprints`].
 pub const MAX_FINGERPRINT_PARTS: usize = 65_536;
@@ -169,8 +213,8 @@ pub fn fingerprint_ranges_per_request(split: u16) -> usize {
     (MAX_FINGERPRINT_PARTS / usize::from(split.max(1))).max(1)
 }
 
-/// Items a node lists in one [`Response::Summaries`] or [`Response::Found`]; a request
-/// that would list more is refused (ask for smaller ranges).
+/// Items a node visits to answer one [`Request::Compare`]; a request that would visit more
+/// is refused (ask for smaller ranges).
 pub const MAX_LIST_ITEMS: usize = 200_000;
 
 /// One value of a [`Request::WriteBatch`].
@@ -208,10 +252,8 @@ pub enum Response {
     /// part, but the last when `split` > 1 ([`crate::reconcile::parts_sent`]): the asker
     /// derives it from the range's own fingerprint.
     Fingerprints(Vec<Fingerprint>),
-    /// Answer to [`Request::Summaries`]: one list per range, in id order.
-    Summaries(Vec<Vec<crate::reconcile::Summary>>),
-    /// Answer to [`Request::Records`]: one list per range.
-    Found(Vec<Vec<(Id, Record)>>),
+    /// Answer to [`Request::Compare`]: one answer per ask, in order.
+    Compared(Vec<CompareAnswer>),
     /// The end of a streamed answer, with the number of records sent.
     End {
         /// Records sent.
@@ -299,8 +341,7 @@ impl Request {
             Request::Lookup { .. } => "Lookup",
             Request::Iterate { .. } => "Iterate",
             Request::Fingerprints { .. } => "Fingerprints",
-            Request::Summaries { .. } => "Summaries",
-            Request::Records { .. } => "Records",
+            Request::Compare { .. } => "Compare",
             Request::Read { .. } => "Read",
             Request::Write { .. } => "Write",
             Request::WriteBatch { .. } => "WriteBatch",
@@ -321,8 +362,7 @@ impl Response {
             Response::Records(_) => "Records",
             Response::Iterated(_) => "Iterated",
             Response::Fingerprints(_) => "Fingerprints",
-            Response::Summaries(_) => "Summaries",
-            Response::Found(_) => "Found",
+            Response::Compared(_) => "Compared",
             Response::End { .. } => "End",
             Response::Value { .. } => "Value",
             Response::NoValue { .. } => "NoValue",
@@ -545,9 +585,17 @@ mod tests {
                 bytes: 0,
             });
         }
-        for n in [1, 3, 100, MAX_LIST_RANGES] {
-            round_trip(Response::Summaries(vec![Vec::new(); n]));
-            round_trip(Response::Found(vec![Vec::new(); n]));
+        for n in [1, 3, 100, COMPARE_BUDGET] {
+            round_trip(Response::Compared(vec![
+                CompareAnswer::Records(Vec::new());
+                n
+            ]));
+            round_trip(Response::Compared(vec![
+                CompareAnswer::Hashes(
+                    crate::reconcile::ItemHashes::Short(Vec::new())
+                );
+                n
+            ]));
         }
         let empty = crate::route::NodeEntry {
             id: String::new(),

@@ -33,10 +33,11 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use mend_engine::node::MAX_IN_FLIGHT;
 use mend_engine::pki::Credentials;
+use mend_engine::reconcile::{CompareAsk, ItemHashes, Located};
 use mend_engine::route::RouteList;
 use mend_engine::transport::{self, client_endpoint, Peer};
 use mend_engine::wire::{self, BatchItem, ErrorKind, Request, Response, MAX_FRAME};
-use mend_engine::{Id, IdRange, Version};
+use mend_engine::{Id, Version};
 use peak_alloc::PeakAlloc;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -405,15 +406,24 @@ fn lying_payloads() -> Vec<(&'static str, Vec<u8>)> {
     p.extend(varint(big));
     out.push(("string", p));
 
-    // Nested: half a frame of ranges, the first of which claims the other half in ids.
-    let mut p = payload_of(&Request::Records {
-        ranges: vec![(IdRange::ALL, vec![])],
+    // Nested: half a frame of asks, the first of which claims the other half in hashes.
+    let p = payload_of(&Request::Compare {
+        tops: vec![],
+        split: 8,
+        asks: vec![CompareAsk::Records(
+            Located {
+                top: 0,
+                path: vec![],
+            },
+            ItemHashes::Full(vec![]),
+        )],
     });
-    assert_eq!((p[1], p.pop()), (1, Some(0)), "outer length, inner length");
-    let outer = (MAX_FRAME / 2 / std::mem::size_of::<(IdRange, Vec<u64>)>()) as u64;
-    let mut q = vec![p[0]];
+    // variant, no tops, split 8, 1 ask: Records at top 0 with an empty path, 0 full hashes.
+    assert_eq!(p[1..], [0, 8, 1, 4, 0, 0, 1, 0], "the layout patched below");
+    let outer = (MAX_FRAME / 2 / std::mem::size_of::<CompareAsk>()) as u64;
+    let mut q = p[..3].to_vec();
     q.extend(varint(outer));
-    q.extend_from_slice(&p[2..]);
+    q.extend_from_slice(&p[4..p.len() - 1]);
     q.extend(varint((MAX_FRAME / 2 / 8) as u64));
     out.push(("nested", q));
 

@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use mend_engine::node::{NodeOptions, MAX_IN_FLIGHT};
+use mend_engine::reconcile::{CompareAsk, Located, Width};
 use mend_engine::transport::Peer;
 use mend_engine::wire::{self, ErrorKind, Request, Response};
 use mend_engine::{Id, Version};
@@ -104,6 +105,31 @@ async fn a_second_hello_and_out_of_bounds_requests_are_refused() {
         })
         .await;
     assert!(too_split.is_err());
+    // Comparison asks off the tree of ranges, or over the budget, name what is wrong.
+    let compare = |asks: Vec<CompareAsk>| Request::Compare {
+        tops: vec![mend_engine::IdRange::ALL],
+        split: 8,
+        asks,
+    };
+    let at = |top: u16, path: Vec<u8>| Located { top, path };
+    for (asks, says) in [
+        (vec![CompareAsk::Whole(at(1, vec![]))], "top range 1 of 1"),
+        (
+            vec![CompareAsk::Sums(at(0, vec![2, 9]))],
+            "part 9 of a range split 8",
+        ),
+        (
+            vec![CompareAsk::Hashes(at(0, vec![0; 65]), Width::Full); 4],
+            "a path of 65 levels",
+        ),
+        (
+            vec![CompareAsk::Fingerprints(at(0, vec![])); wire::COMPARE_BUDGET / 8 + 1],
+            "at most",
+        ),
+    ] {
+        let refused = peer.call(&compare(asks)).await.unwrap_err().to_string();
+        assert!(refused.contains(says), "{refused}");
+    }
     // Still served.
     assert!(matches!(
         peer.call(&Request::RouteList).await.unwrap(),

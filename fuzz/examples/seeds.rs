@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use mend_engine::reconcile::{CompareAnswer, CompareAsk, ItemHashes, Located, Width};
 use mend_engine::fingerprint::Fingerprint;
 use mend_engine::metafile::{MetaHeader, MetaWriter};
 use mend_engine::route::{NodeEntry, PartitionRange};
@@ -75,14 +76,39 @@ fn wire_frame(dir: &Path) {
             ranges: vec![IdRange::ALL],
             split: 16,
         },
-        Request::Records {
-            ranges: vec![(
+        Request::Compare {
+            tops: vec![
+                IdRange::ALL,
                 IdRange {
                     start: a,
                     end: Some(b),
                 },
-                vec![1, u32::MAX],
-            )],
+            ],
+            split: 8,
+            asks: vec![
+                CompareAsk::Whole(Located {
+                    top: 1,
+                    path: vec![],
+                }),
+                CompareAsk::Sums(Located {
+                    top: 0,
+                    path: vec![3, 7],
+                }),
+                CompareAsk::Hashes(
+                    Located {
+                        top: 0,
+                        path: vec![3, 7, 1],
+                    },
+                    Width::Short,
+                ),
+                CompareAsk::Records(
+                    Located {
+                        top: 0,
+                        path: vec![3, 7, 1],
+                    },
+                    ItemHashes::Full(vec![[1; 8], [0xff; 8]]),
+                ),
+            ],
         },
         Request::WriteBatch {
             items: vec![BatchItem {
@@ -112,11 +138,12 @@ fn wire_frame(dir: &Path) {
         Response::RouteList(route),
         Response::Records(vec![Some(record(1)), None]),
         Response::Fingerprints(vec![fp, Fingerprint::EMPTY]),
-        Response::Summaries(vec![
-            vec![mend_engine::reconcile::Summary { tag: 1, hash: 2 }],
-            vec![],
+        Response::Compared(vec![
+            CompareAnswer::Fingerprints(vec![fp]),
+            CompareAnswer::Sums(vec![[1, 2, 3, 4]; 7]),
+            CompareAnswer::Hashes(ItemHashes::Short(vec![[9; 4], [7; 4]])),
+            CompareAnswer::Records(vec![(a, record(2)), (b, record(3))]),
         ]),
-        Response::Found(vec![vec![(a, record(2)), (b, record(3))]]),
         Response::BatchWritten(vec![
             PutOutcome::Written,
             PutOutcome::Stale {
