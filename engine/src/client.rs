@@ -427,7 +427,10 @@ impl Client {
         let n = items.len();
         let request = Request::Push {
             to: to.id.clone(),
-            items,
+            items: items
+                .iter()
+                .map(|(id, v)| (*id, crate::wire::version_digest(id, v)))
+                .collect(),
         };
         match src.call(&request).await? {
             Response::Pushed { outcomes, bytes } if outcomes.len() == n => Ok((outcomes, bytes)),

@@ -19,7 +19,7 @@ use crate::route::{parse_addr, RouteError, RouteList, CLUSTER_FILE};
 use crate::store::{PutItem, Store, StoreError, CHUNK_SIZE};
 use crate::transport::{self, TransportError};
 use crate::wire::{self, ErrorKind, RemoteError, Request, Response, WireError};
-use crate::{Fingerprint, Id, IdRange, Version};
+use crate::{Fingerprint, Id, IdRange};
 
 /// Requests a node handles at once, across all connections; more wait for a permit
 /// before a byte of them is read. With [`wire::MAX_FRAME`] this bounds the memory request
@@ -551,7 +551,7 @@ async fn handle(
 async fn push(
     state: &NodeState,
     to: String,
-    items: Vec<(Id, Version)>,
+    items: Vec<(Id, wire::VersionDigest)>,
 ) -> Result<Response, Failure> {
     let bad = |why: String| Failure(ErrorKind::BadRequest, why);
     if items.len() > wire::MAX_PUSH_ITEMS {
@@ -559,20 +559,6 @@ async fn push(
             "{} items in one push, at most {}",
             items.len(),
             wire::MAX_PUSH_ITEMS
-        )));
-    }
-    let total: u64 = items.iter().map(|(_, v)| v.size).sum();
-    if let Some((id, v)) = items.iter().find(|(_, v)| v.size > wire::MAX_PUSH_VALUE) {
-        return Err(bad(format!(
-            "{id}: a value of {} bytes is too large to push (at most {})",
-            v.size,
-            wire::MAX_PUSH_VALUE
-        )));
-    }
-    if total > wire::MAX_PUSH_BYTES {
-        return Err(bad(format!(
-            "{total} value bytes in one push, at most {}",
-            wire::MAX_PUSH_BYTES
         )));
     }
     let dest = current_route(state)
@@ -635,22 +621,28 @@ async fn push(
     Ok(Response::Pushed { outcomes, bytes })
 }
 
-/// Each item's value as a write-batch item, or why it cannot be pushed.
+/// Each item's value as a write-batch item, or why it cannot be pushed. Values are read
+/// only while they keep the push within [`wire::MAX_PUSH_VALUE`] and
+/// [`wire::MAX_PUSH_BYTES`].
 fn read_for_push(
     store: &dyn Store,
-    items: &[(Id, Version)],
+    items: &[(Id, wire::VersionDigest)],
 ) -> Result<Vec<Result<wire::BatchItem, wire::PushOutcome>>, StoreError> {
     let mut out = Vec::with_capacity(items.len());
-    for (id, version) in items {
+    let mut total = 0u64;
+    for (id, digest) in items {
         let held = store.lookup(id)?;
-        let current = held.is_some_and(|r| r.version == *version && !r.corrupt);
-        if !current {
-            let corrupt = held.is_some_and(|r| r.version == *version);
-            out.push(Err(if corrupt {
-                wire::PushOutcome::Corrupt
-            } else {
-                wire::PushOutcome::SourceChanged
-            }));
+        let Some(record) = held.filter(|r| wire::version_digest(id, &r.version) == *digest) else {
+            out.push(Err(wire::PushOutcome::SourceChanged));
+            continue;
+        };
+        if record.corrupt {
+            out.push(Err(wire::PushOutcome::Corrupt));
+            continue;
+        }
+        let version = record.version;
+        if version.size > wire::MAX_PUSH_VALUE || total + version.size > wire::MAX_PUSH_BYTES {
+            out.push(Err(wire::PushOutcome::TooLarge));
             continue;
         }
         let mut value = Vec::new();
@@ -659,7 +651,7 @@ fn read_for_push(
                 out.push(Err(wire::PushOutcome::SourceChanged));
                 continue;
             };
-            if reader.version() != *version {
+            if reader.version() != version {
                 out.push(Err(wire::PushOutcome::SourceChanged));
                 continue;
             }
@@ -670,9 +662,10 @@ fn read_for_push(
                 continue;
             }
         }
+        total += version.size;
         out.push(Ok(wire::BatchItem {
             id: *id,
-            version: *version,
+            version,
             value,
         }));
     }

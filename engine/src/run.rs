@@ -1586,6 +1586,11 @@ async fn push_one(
                         id: *id,
                         node: src.id.clone(),
                     }),
+                    crate::wire::PushOutcome::TooLarge => Err(ClientError::Push {
+                        from: src.id.clone(),
+                        to: dst.id.clone(),
+                        why: format!("{id}: its value is too large to push in one batch"),
+                    }),
                 })
                 .collect();
             (results, bytes)

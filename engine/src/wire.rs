@@ -135,14 +135,27 @@ pub enum Request {
     },
     /// Copies versions this node holds to node `to`, node to node, as one write batch:
     /// the values cross the network once and the destination commits them in one
-    /// transaction. Values of at most [`MAX_PUSH_VALUE`] bytes, [`MAX_PUSH_BYTES`] and
-    /// [`MAX_PUSH_ITEMS`] in all.
+    /// transaction. At most [`MAX_PUSH_ITEMS`]; a value over [`MAX_PUSH_VALUE`] bytes, or
+    /// one that would take the batch over [`MAX_PUSH_BYTES`], is answered
+    /// [`PushOutcome::TooLarge`].
     Push {
         /// The destination node's id.
         to: String,
-        /// Each object with the exact version to copy.
-        items: Vec<(Id, Version)>,
+        /// Each object with the exact version to copy, named by its [`version_digest`].
+        items: Vec<(Id, VersionDigest)>,
     },
+}
+
+/// Names one exact version of one id in 8 bytes where the version takes 46: the first 8
+/// bytes of the element it contributes to fingerprints
+/// ([`crate::Fingerprint::element`]).
+pub type VersionDigest = [u8; 8];
+
+/// The [`VersionDigest`] of `version` of `id`.
+pub fn version_digest(id: &Id, version: &Version) -> VersionDigest {
+    crate::Fingerprint::element(id, version)[..8]
+        .try_into()
+        .expect("8 bytes")
 }
 
 /// Items per [`Request::Push`].
@@ -304,6 +317,9 @@ pub enum PushOutcome {
     SourceChanged,
     /// The pushing node's copy fails its checksum: nothing was sent.
     Corrupt,
+    /// The value is over [`MAX_PUSH_VALUE`], or would take the push over
+    /// [`MAX_PUSH_BYTES`]: nothing was sent (copy it by streaming).
+    TooLarge,
 }
 
 /// A failure reported by a node.

@@ -55,7 +55,10 @@ async fn push(
         .to_a
         .call(&Request::Push {
             to: to.into(),
-            items,
+            items: items
+                .iter()
+                .map(|(id, v)| (*id, wire::version_digest(id, v)))
+                .collect(),
         })
         .await
     {
@@ -136,12 +139,12 @@ async fn bad_pushes_are_refused_and_change_nothing() {
         push(&p, "b", vec![(k1, v1); wire::MAX_PUSH_ITEMS + 1]).await,
         "items in one push",
     );
-    let huge = Version::of_value(b"x", 1, 0);
-    let huge = Version {
-        size: wire::MAX_PUSH_VALUE + 1,
-        ..huge
-    };
-    expect(push(&p, "b", vec![(k1, huge)]).await, "too large to push");
+    // A value over the push limit is not read, let alone sent.
+    let big = vec![1u8; wire::MAX_PUSH_VALUE as usize + 1];
+    let (k2, v2) = put(&p.a, "k2", &big, 10);
+    let (outcomes, bytes) = push(&p, "b", vec![(k2, v2)]).await.unwrap();
+    assert_eq!((outcomes, bytes), (vec![PushOutcome::TooLarge], 0));
+    assert_eq!(p.b.lookup(&k2).unwrap(), None);
     assert_eq!(p.b.lookup(&k1).unwrap(), None);
 
     // A destination that is gone: an error naming both nodes, of kind Unreachable.
@@ -150,7 +153,7 @@ async fn bad_pushes_are_refused_and_change_nothing() {
         .to_a
         .call(&Request::Push {
             to: "b".into(),
-            items: vec![(k1, v1)],
+            items: vec![(k1, wire::version_digest(&k1, &v1))],
         })
         .await
         .unwrap_err();

@@ -712,7 +712,7 @@ async fn a_node_never_pushes_to_a_peer_without_a_cluster_certificate() {
     let pushed = peer
         .call(&Request::Push {
             to: "g1n2".into(),
-            items: vec![(secret_id(), version)],
+            items: vec![(secret_id(), wire::version_digest(&secret_id(), &version))],
         })
         .await;
     match pushed {
