@@ -5,7 +5,8 @@
 //! fingerprints differ. It ends with the exact list of differing ids and every replica's
 //! record of each. It does no I/O and reads no clock: the driver (`engine::compare`) sends
 //! the rounds over QUIC, all replicas and all asks of a round at once, so the number of
-//! round trips is the depth of the descent plus two, whatever the number of differences.
+//! round trips is the depth of the descent plus two, whatever the number of differences
+//! (and a few more when an anchor's check fails, below).
 //!
 //! Replicas whose fingerprints of a range agree hold the same items there, so below that
 //! range each group of agreeing replicas is asked once, through one of them, and its
@@ -18,19 +19,21 @@
 //! would take twenty):
 //! - `Whole`: the full fingerprint (128-bit sum and count) of a top range (first round);
 //! - `Fingerprints`: full fingerprints of a range's parts, while ranges are large;
-//! - `Sums`: 32-bit sums of a range's parts, below a range of at most
+//! - `Sums`: 24-bit sums of a range's parts, below a range of at most
 //!   [`Config::short_below`] items whose full fingerprints differ;
 //! - `Hashes`: a hash of every item of a range small enough to list ([`Config::leaf_items`]),
-//!   32-bit below such a range, 64-bit otherwise;
+//!   24-bit below such a range, 64-bit otherwise;
 //! - `Records`: the full records of the items whose hashes differ.
 //!
-//! A range descended with 32-bit sums and hashes (an *anchor*: its replicas' full
+//! A range descended with 24-bit sums and hashes (an *anchor*: its replicas' full
 //! fingerprints are known) costs a quarter of the bytes, but two different sets agree on a
-//! 32-bit sum once in 2^32. So an anchor is checked when its descent ends: taking the
+//! 24-bit sum once in 2^24. So an anchor is checked when its descent ends: taking the
 //! records found out of each replica's full fingerprint must leave the same fingerprint on
 //! every replica. If not (a collision hid a difference, or a replica changed while it was
-//! compared), what was found there is dropped and the anchor is compared again at full
-//! width, unchecked, as every range was before anchors.
+//! compared), what was found there is dropped and the anchor is compared again: its
+//! parts' full fingerprints are asked, and each part that still differs becomes an anchor
+//! of its own, so a failure is narrowed down level by level; a failed anchor too small to
+//! split is listed with 64-bit hashes, unchecked, as every range was before anchors.
 //!
 //! Laws (property-tested against a `BTreeMap` model, with sums and hashes of 8 bits so
 //! collisions are common): the result is exactly the set of ids whose records are not
@@ -55,9 +58,10 @@ pub struct Config {
     /// of split further.
     pub leaf_items: u64,
     /// A differing range with at most this many items on every replica is descended with
-    /// 32-bit sums and hashes and checked as a whole at the end (0: never).
+    /// 24-bit sums and hashes and checked as a whole at the end (0: never).
     pub short_below: u64,
-    /// Bytes of the short sums and hashes that count (4; fewer only to test collisions).
+    /// Bytes of the short sums and hashes that count ([`SHORT_BYTES`]; fewer only to test
+    /// collisions).
     pub short_bytes: u8,
 }
 
@@ -72,7 +76,7 @@ impl Default for Config {
             split: 8,
             leaf_items: 16,
             short_below: 16_384,
-            short_bytes: 4,
+            short_bytes: SHORT_BYTES as u8,
         }
     }
 }
@@ -87,9 +91,28 @@ pub fn item_hash(id: &Id, record: &Record) -> u64 {
     u64::from_le_bytes(element[..8].try_into().expect("8 bytes"))
 }
 
-/// The 32-bit sum of a fingerprint: its low 32 bits (sums are additive modulo 2^32 too).
+/// Bytes of a short sum or item hash on the wire.
+///
+/// A d = 1,000 comparison of 1 M ids compares about 17,000 pairs of short sums; at 24
+/// bits one run in a thousand or so meets a collision, which costs it one anchor compared
+/// again at full width. 32 bits moved 12 % more bytes.
+pub const SHORT_BYTES: usize = 3;
+
+/// The short sum of a fingerprint: its low 24 bits (sums are additive modulo 2^24 too).
 pub fn short_sum(fp: &Fingerprint) -> u32 {
-    u32::from_le_bytes(fp.sum[..4].try_into().expect("4 bytes"))
+    u32::from_le_bytes(fp.sum[..4].try_into().expect("4 bytes")) & SHORT_MASK
+}
+
+const SHORT_MASK: u32 = (1 << (8 * SHORT_BYTES)) - 1;
+
+fn short_bytes(v: u32) -> [u8; SHORT_BYTES] {
+    v.to_le_bytes()[..SHORT_BYTES].try_into().expect("short")
+}
+
+fn from_short_bytes(b: &[u8; SHORT_BYTES]) -> u32 {
+    let mut four = [0u8; 4];
+    four[..SHORT_BYTES].copy_from_slice(b);
+    u32::from_le_bytes(four)
 }
 
 /// Whether replicas' records of one id differ (a corrupt copy differs from a healthy copy
@@ -100,12 +123,83 @@ pub fn differ(records: &[Option<Record>]) -> bool {
 
 /// Where a range lies: top range `top` of the round, then part `path[0]` of it split
 /// [`Round::split`] ways, part `path[1]` of that, and so on.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+///
+/// On the wire: `top`, a byte with the depth (and the top bit set when every part is
+/// below 16), then the parts two to a byte when they are, one to a byte otherwise: six
+/// levels split 8 ways take 5 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Located {
     /// Index into [`Round::tops`].
     pub top: u16,
     /// The part taken at each level.
     pub path: Vec<u8>,
+}
+
+const PACKED: u8 = 0x80;
+
+impl Encode for Located {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        e: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        self.top.encode(e)?;
+        let depth = u8::try_from(self.path.len())
+            .ok()
+            .filter(|d| usize::from(*d) <= MAX_PATH)
+            .ok_or(bincode::error::EncodeError::Other(
+                "a path deeper than MAX_PATH",
+            ))?;
+        if self.path.iter().all(|p| *p < 16) {
+            (depth | PACKED).encode(e)?;
+            for pair in self.path.chunks(2) {
+                (pair[0] | pair.get(1).map_or(0, |p| p << 4)).encode(e)?;
+            }
+        } else {
+            depth.encode(e)?;
+            for p in &self.path {
+                p.encode(e)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<C> Decode<C> for Located {
+    fn decode<D: bincode::de::Decoder<Context = C>>(
+        d: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        let top = u16::decode(d)?;
+        let head = u8::decode(d)?;
+        let depth = usize::from(head & !PACKED);
+        if depth > MAX_PATH {
+            return Err(bincode::error::DecodeError::Other(
+                "a path deeper than MAX_PATH",
+            ));
+        }
+        let mut path = Vec::with_capacity(depth);
+        if head & PACKED != 0 {
+            while path.len() < depth {
+                let pair = u8::decode(d)?;
+                path.push(pair & 0x0f);
+                if path.len() < depth {
+                    path.push(pair >> 4);
+                }
+            }
+        } else {
+            for _ in 0..depth {
+                path.push(u8::decode(d)?);
+            }
+        }
+        Ok(Located { top, path })
+    }
+}
+
+impl<'de, C> bincode::BorrowDecode<'de, C> for Located {
+    fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = C>>(
+        d: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        Decode::decode(d)
+    }
 }
 
 /// Levels a [`Located`] may descend (split 2 reaches single 64-bit prefixes at 64).
@@ -134,7 +228,7 @@ pub fn locate(tops: &[IdRange], split: u16, at: &Located) -> Result<IdRange, Str
 /// How wide the hashes of a `Hashes` ask are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
 pub enum Width {
-    /// 32 bits, below an anchor.
+    /// 24 bits, below an anchor.
     Short,
     /// 64 bits.
     Full,
@@ -144,7 +238,7 @@ impl Width {
     /// `hash` cut to this width.
     pub fn cut(self, hash: u64) -> u64 {
         match self {
-            Width::Short => hash & 0xffff_ffff,
+            Width::Short => hash & u64::from(SHORT_MASK),
             Width::Full => hash,
         }
     }
@@ -154,8 +248,8 @@ impl Width {
 /// these random numbers).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum ItemHashes {
-    /// 32-bit hashes, little-endian.
-    Short(Vec<[u8; 4]>),
+    /// 24-bit hashes, little-endian.
+    Short(Vec<[u8; SHORT_BYTES]>),
     /// 64-bit hashes, little-endian.
     Full(Vec<[u8; 8]>),
 }
@@ -164,12 +258,9 @@ impl ItemHashes {
     /// `hashes` (already cut to `width`) on the wire.
     pub fn of(width: Width, hashes: impl IntoIterator<Item = u64>) -> ItemHashes {
         match width {
-            Width::Short => ItemHashes::Short(
-                hashes
-                    .into_iter()
-                    .map(|h| (h as u32).to_le_bytes())
-                    .collect(),
-            ),
+            Width::Short => {
+                ItemHashes::Short(hashes.into_iter().map(|h| short_bytes(h as u32)).collect())
+            }
             Width::Full => ItemHashes::Full(hashes.into_iter().map(u64::to_le_bytes).collect()),
         }
     }
@@ -185,10 +276,7 @@ impl ItemHashes {
     /// The hashes.
     pub fn values(&self) -> Vec<u64> {
         match self {
-            ItemHashes::Short(v) => v
-                .iter()
-                .map(|b| u64::from(u32::from_le_bytes(*b)))
-                .collect(),
+            ItemHashes::Short(v) => v.iter().map(|b| u64::from(from_short_bytes(b))).collect(),
             ItemHashes::Full(v) => v.iter().map(|b| u64::from_le_bytes(*b)).collect(),
         }
     }
@@ -214,7 +302,7 @@ pub enum CompareAsk {
     Whole(Located),
     /// Full fingerprints of the range's parts: all but the last ([`parts_sent`]).
     Fingerprints(Located),
-    /// 32-bit sums of the range's parts: all but the last.
+    /// 24-bit sums of the range's parts: all but the last.
     Sums(Located),
     /// The hash of every item of the range at this width, in id order.
     Hashes(Located, Width),
@@ -242,7 +330,7 @@ pub enum CompareAnswer {
     /// To `Whole` (one) and `Fingerprints` ([`parts_sent`]).
     Fingerprints(Vec<Fingerprint>),
     /// To `Sums`: [`short_sum`] of each part sent, little-endian.
-    Sums(Vec<[u8; 4]>),
+    Sums(Vec<[u8; SHORT_BYTES]>),
     /// To `Hashes`.
     Hashes(ItemHashes),
     /// To `Records`, in id order.
@@ -335,21 +423,25 @@ enum Ask {
     /// With each class's short sum of the range and the most items a replica may hold there.
     Sums(At, Vec<u32>, u64),
     Hashes(At, Width),
-    Records(At, Width, Vec<u64>),
+    /// With each class's differing hashes, as it listed them: a class with none is not
+    /// asked (it holds no item there that another class lacks).
+    Records(At, Width, Vec<Vec<u64>>),
 }
 
 impl Ask {
-    fn wire(&self) -> CompareAsk {
-        match self {
+    /// The ask sent to class `c`, if it is asked at all.
+    fn wire(&self, c: usize) -> Option<CompareAsk> {
+        Some(match self {
             Ask::Whole(at) => CompareAsk::Whole(at.located.clone()),
             Ask::Fingerprints(at, _) => CompareAsk::Fingerprints(at.located.clone()),
             Ask::Sums(at, ..) => CompareAsk::Sums(at.located.clone()),
             Ask::Hashes(at, w) => CompareAsk::Hashes(at.located.clone(), *w),
+            Ask::Records(_, _, hashes) if hashes[c].is_empty() => return None,
             Ask::Records(at, w, hashes) => CompareAsk::Records(
                 at.located.clone(),
-                ItemHashes::of(*w, hashes.iter().copied()),
+                ItemHashes::of(*w, hashes[c].iter().copied()),
             ),
-        }
+        })
     }
 }
 
@@ -407,7 +499,7 @@ fn representatives(classes: &[usize]) -> Vec<usize> {
 #[derive(Debug)]
 struct Asked {
     pending: Pending,
-    slots: Vec<usize>,
+    slots: Vec<Option<usize>>,
 }
 
 /// A comparison in progress. See the module docs.
@@ -430,7 +522,7 @@ impl Reconcile {
             split: config.split.clamp(2, 256),
             leaf_items: config.leaf_items.max(1),
             short_below: config.short_below,
-            short_bytes: config.short_bytes.clamp(1, 4),
+            short_bytes: config.short_bytes.clamp(1, SHORT_BYTES as u8),
         };
         let replicas = replicas.max(1);
         let tops: Vec<IdRange> = ranges
@@ -489,12 +581,13 @@ impl Reconcile {
                 Ask::Hashes(..) => self.stats.ranges_listed += 1,
                 Ask::Records(..) => {}
             }
-            let wire = pending.ask.wire();
             let slots = reps
                 .iter()
-                .map(|&r| {
-                    rounds[r].asks.push(wire.clone());
-                    rounds[r].asks.len() - 1
+                .enumerate()
+                .map(|(c, &r)| {
+                    let ask = pending.ask.wire(c)?;
+                    rounds[r].asks.push(ask);
+                    Some(rounds[r].asks.len() - 1)
                 })
                 .collect();
             asked.push(Asked { pending, slots });
@@ -517,8 +610,10 @@ impl Reconcile {
         }
         for Asked { pending, slots } in asked {
             let reps = representatives(&pending.classes);
-            // The answer of class `c`, from its representative.
-            let of = |c: usize| &answers[reps[c]][slots[c]];
+            // The answer of class `c`, from its representative (every class is asked but
+            // for records).
+            let answered = |c: usize| slots[c].map(|s| &answers[reps[c]][s]);
+            let of = |c: usize| answered(c).expect("every class is asked");
             let Pending {
                 ask,
                 classes,
@@ -576,7 +671,7 @@ impl Reconcile {
                                 unreachable!("checked")
                             };
                             let mut all: Vec<u32> =
-                                got.iter().map(|b| u32::from_le_bytes(*b) & mask).collect();
+                                got.iter().map(|b| from_short_bytes(b) & mask).collect();
                             let sent = all.iter().fold(0u32, |a, s| a.wrapping_add(*s));
                             all.push(parents[c].wrapping_sub(sent) & mask);
                             all
@@ -619,7 +714,7 @@ impl Reconcile {
                         Width::Full => u64::MAX,
                     };
                     let differing = differing_hashes(&lists, mask);
-                    if !differing.is_empty() {
+                    if differing.iter().any(|d| !d.is_empty()) {
                         self.push(Pending {
                             ask: Ask::Records(at, width, differing),
                             classes: classes.clone(),
@@ -628,10 +723,12 @@ impl Reconcile {
                     }
                 }
                 Ask::Records(at, ..) => {
+                    let none = Vec::new();
                     let lists: Vec<&Vec<(Id, Record)>> = (0..reps.len())
-                        .map(|c| match of(c) {
-                            CompareAnswer::Records(r) => r,
-                            _ => unreachable!("checked"),
+                        .map(|c| match answered(c) {
+                            Some(CompareAnswer::Records(r)) => r,
+                            None => &none,
+                            Some(_) => unreachable!("checked"),
                         })
                         .collect();
                     self.take_records(&at.range, &classes, &lists);
@@ -646,7 +743,7 @@ impl Reconcile {
 
     /// The bits of short sums and hashes that count.
     fn short_mask(&self) -> u32 {
-        u32::MAX >> (32 - 8 * u32::from(self.config.short_bytes))
+        SHORT_MASK >> (8 * (SHORT_BYTES as u32 - u32::from(self.config.short_bytes)))
     }
 
     /// Whether splitting `at` gives more than one non-empty part.
@@ -858,7 +955,7 @@ fn ask_kind(ask: &CompareAsk) -> &'static str {
         CompareAsk::Whole(_) => "a whole range's fingerprint",
         CompareAsk::Fingerprints(_) => "fingerprints of parts",
         CompareAsk::Sums(_) => "sums of parts",
-        CompareAsk::Hashes(_, Width::Short) => "32-bit item hashes",
+        CompareAsk::Hashes(_, Width::Short) => "24-bit item hashes",
         CompareAsk::Hashes(_, Width::Full) => "64-bit item hashes",
         CompareAsk::Records(..) => "records",
     }
@@ -873,9 +970,9 @@ fn answer_kind(answer: &CompareAnswer) -> String {
     }
 }
 
-/// The hashes (cut by `mask`) whose number of items differs between the lists (one per
-/// class): a multiset difference.
-fn differing_hashes(lists: &[Vec<u64>], mask: u64) -> Vec<u64> {
+/// For each list (one per class), its hashes whose number of items, cut by `mask`,
+/// differs between the lists (a multiset difference), as listed and without repeats.
+fn differing_hashes(lists: &[Vec<u64>], mask: u64) -> Vec<Vec<u64>> {
     let mut counts: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     for (c, list) in lists.iter().enumerate() {
         for h in list {
@@ -884,10 +981,21 @@ fn differing_hashes(lists: &[Vec<u64>], mask: u64) -> Vec<u64> {
                 .or_insert_with(|| vec![0; lists.len()])[c] += 1;
         }
     }
-    counts
+    let differing: BTreeSet<u64> = counts
         .into_iter()
         .filter(|(_, n)| n.iter().any(|k| *k != n[0]))
         .map(|(h, _)| h)
+        .collect();
+    lists
+        .iter()
+        .map(|list| {
+            let own: BTreeSet<u64> = list
+                .iter()
+                .copied()
+                .filter(|h| differing.contains(&(h & mask)))
+                .collect();
+            own.into_iter().collect()
+        })
         .collect()
 }
 
@@ -944,7 +1052,7 @@ pub fn answer_round<S: ItemSource>(
             ),
             CompareAsk::Sums(_) => CompareAnswer::Sums(
                 parts()
-                    .map(|p| fingerprint(&p).map(|f| short_sum(&f).to_le_bytes()))
+                    .map(|p| fingerprint(&p).map(|f| short_bytes(short_sum(&f))))
                     .collect::<Result<_, _>>()?,
             ),
             CompareAsk::Hashes(_, width) => {
@@ -1162,7 +1270,7 @@ mod tests {
         let cfg = bincode::config::standard();
         let h = item_hash(&Id::from_key(b"k"), &record(7, false, false));
         assert_ne!(h, item_hash(&Id::from_key(b"k"), &record(7, false, true)));
-        for (width, bytes) in [(Width::Short, 4), (Width::Full, 8)] {
+        for (width, bytes) in [(Width::Short, SHORT_BYTES), (Width::Full, 8)] {
             let list = ItemHashes::of(width, [width.cut(h), width.cut(!h)]);
             let encoded = bincode::encode_to_vec(&list, cfg).unwrap();
             assert_eq!(encoded.len(), 2 + 2 * bytes, "{width:?}");
@@ -1178,7 +1286,26 @@ mod tests {
             top: 0,
             path: vec![3, 7, 1, 0, 5, 2],
         };
-        assert_eq!(bincode::encode_to_vec(&at, cfg).unwrap().len(), 8);
+        assert_eq!(bincode::encode_to_vec(&at, cfg).unwrap().len(), 5);
+        for path in [
+            vec![],
+            vec![15],
+            vec![1, 2, 3],
+            vec![16, 0, 255],
+            vec![9; MAX_PATH],
+        ] {
+            let at = Located { top: 300, path };
+            let bytes = bincode::encode_to_vec(&at, cfg).unwrap();
+            let (back, used): (Located, usize) = bincode::decode_from_slice(&bytes, cfg).unwrap();
+            assert_eq!((back, used), (at, bytes.len()));
+        }
+        let deep = Located {
+            top: 0,
+            path: vec![0; MAX_PATH + 1],
+        };
+        assert!(bincode::encode_to_vec(&deep, cfg).is_err());
+        let claims_deep = [0u8, PACKED | (MAX_PATH as u8 + 1)];
+        assert!(bincode::decode_from_slice::<Located, _>(&claims_deep, cfg).is_err());
         let tops = [IdRange::ALL];
         let range = locate(&tops, 8, &at).unwrap();
         let mut expect = IdRange::ALL;
@@ -1238,6 +1365,8 @@ mod tests {
         assert_eq!(found, model_differences(&replicas));
         assert!(stats.anchors > 100, "{stats:?}");
         assert!(stats.anchors_redone > 0, "{stats:?}");
+        // Most anchors still find their differences with the short sums.
+        assert!(stats.anchors_redone < stats.anchors / 2, "{stats:?}");
         let (found, stats) = run(&replicas, Config::default());
         assert_eq!(found, model_differences(&replicas));
         assert_eq!(stats.anchors_redone, 0, "{stats:?}");

@@ -418,8 +418,13 @@ fn lying_payloads() -> Vec<(&'static str, Vec<u8>)> {
             ItemHashes::Full(vec![]),
         )],
     });
-    // variant, no tops, split 8, 1 ask: Records at top 0 with an empty path, 0 full hashes.
-    assert_eq!(p[1..], [0, 8, 1, 4, 0, 0, 1, 0], "the layout patched below");
+    // variant, no tops, split 8, 1 ask: Records at top 0 with an empty (packed) path, 0
+    // full hashes.
+    assert_eq!(
+        p[1..],
+        [0, 8, 1, 4, 0, 0x80, 1, 0],
+        "the layout patched below"
+    );
     let outer = (MAX_FRAME / 2 / std::mem::size_of::<CompareAsk>()) as u64;
     let mut q = p[..3].to_vec();
     q.extend(varint(outer));

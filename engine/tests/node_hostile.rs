@@ -119,8 +119,8 @@ async fn a_second_hello_and_out_of_bounds_requests_are_refused() {
             "part 9 of a range split 8",
         ),
         (
-            vec![CompareAsk::Hashes(at(0, vec![0; 65]), Width::Full); 4],
-            "a path of 65 levels",
+            vec![CompareAsk::Hashes(at(0, vec![1, 200]), Width::Full)],
+            "part 200 of a range split 8",
         ),
         (
             vec![CompareAsk::Fingerprints(at(0, vec![])); wire::COMPARE_BUDGET / 8 + 1],

@@ -140,8 +140,8 @@ fn wire_frame(dir: &Path) {
         Response::Fingerprints(vec![fp, Fingerprint::EMPTY]),
         Response::Compared(vec![
             CompareAnswer::Fingerprints(vec![fp]),
-            CompareAnswer::Sums(vec![[1, 2, 3, 4]; 7]),
-            CompareAnswer::Hashes(ItemHashes::Short(vec![[9; 4], [7; 4]])),
+            CompareAnswer::Sums(vec![[1, 2, 3]; 7]),
+            CompareAnswer::Hashes(ItemHashes::Short(vec![[9; 3], [7; 3]])),
             CompareAnswer::Records(vec![(a, record(2)), (b, record(3))]),
         ]),
         Response::BatchWritten(vec![
