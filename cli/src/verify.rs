@@ -180,6 +180,8 @@ fn json_report(
         "ranges_fingerprinted": report.stats.ranges_fingerprinted,
         "ranges_listed": report.stats.ranges_listed,
         "asks_spared": report.stats.asks_spared,
+        "anchors": report.stats.anchors,
+        "anchors_redone": report.stats.anchors_redone,
         "bytes_sent": sent,
         "bytes_received": received,
         "seconds": secs,

@@ -190,6 +190,8 @@ fn verify_lists_exactly_the_divergent_ids_and_full_scan_agrees() {
     // Each id differs in one group only: below the ranges where they part, the two
     // groups that agree are asked once between them.
     assert!(report["asks_spared"].as_u64().unwrap() > 0, "{report}");
+    // Below ranges small enough, the nodes answered with 24-bit sums and hashes.
+    assert!(report["anchors"].as_u64().unwrap() > 0, "{report}");
     let (full, _) = verify_ids(&c, &["--full-scan"]);
     assert_eq!(full, expected, "--full-scan agrees");
 

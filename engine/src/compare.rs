@@ -93,6 +93,8 @@ pub async fn by_fingerprints(
         report.stats.ranges_fingerprinted += stats.ranges_fingerprinted;
         report.stats.ranges_listed += stats.ranges_listed;
         report.stats.asks_spared += stats.asks_spared;
+        report.stats.anchors += stats.anchors;
+        report.stats.anchors_redone += stats.anchors_redone;
         report
             .differences
             .extend(diffs.into_iter().map(|(id, records)| Difference {
