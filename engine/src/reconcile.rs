@@ -1129,6 +1129,15 @@ mod tests {
         run_watching(replicas, config, |_| {})
     }
 
+    /// Every replica's answers to its round.
+    fn answer_all(replicas: &[BTreeMap<Id, Record>], rounds: &[Round]) -> Vec<Answers> {
+        replicas
+            .iter()
+            .zip(rounds)
+            .map(|(items, round)| answer_from_items(round, items))
+            .collect()
+    }
+
     /// Runs a comparison to the end, showing `watch` each round's asks.
     fn run_watching(
         replicas: &[BTreeMap<Id, Record>],
@@ -1138,12 +1147,7 @@ mod tests {
         let mut rec = Reconcile::new(vec![IdRange::ALL], replicas.len(), config);
         while let Some(rounds) = rec.next_round() {
             watch(&rounds);
-            let answers = replicas
-                .iter()
-                .zip(&rounds)
-                .map(|(items, round)| answer_from_items(round, items))
-                .collect();
-            rec.answer(answers).unwrap();
+            rec.answer(answer_all(replicas, &rounds)).unwrap();
         }
         let stats = rec.stats();
         (rec.into_differences(), stats)
@@ -1172,6 +1176,25 @@ mod tests {
             Version::of_value(&ts.to_le_bytes(), ts, 0)
         };
         Record { version, corrupt }
+    }
+
+    /// Keys `0..n`, all at version 1.
+    fn items(n: u32) -> BTreeMap<Id, Record> {
+        (0..n)
+            .map(|k| (Id::from_key(&k.to_le_bytes()), record(1, false, false)))
+            .collect()
+    }
+
+    /// `base` with keys `0, step, 2 step, ...` (`count` of them) written at version 5.
+    fn rewritten(base: &BTreeMap<Id, Record>, count: u32, step: u32) -> BTreeMap<Id, Record> {
+        let mut other = base.clone();
+        for k in 0..count {
+            other.insert(
+                Id::from_key(&(k * step).to_le_bytes()),
+                record(5, false, false),
+            );
+        }
+        other
     }
 
     /// A base set shared by every replica, then per-replica edits.
@@ -1236,9 +1259,7 @@ mod tests {
 
     #[test]
     fn identical_replicas_take_one_round() {
-        let items: BTreeMap<Id, Record> = (0..5000u32)
-            .map(|k| (Id::from_key(&k.to_le_bytes()), record(1, false, false)))
-            .collect();
+        let items = items(5000);
         let (found, stats) = run(&[items.clone(), items.clone(), items], Config::default());
         assert!(found.is_empty());
         assert_eq!(stats.rounds, 1);
@@ -1246,18 +1267,10 @@ mod tests {
 
     #[test]
     fn rounds_do_not_grow_with_the_number_of_differences() {
-        let base: BTreeMap<Id, Record> = (0..20_000u32)
-            .map(|k| (Id::from_key(&k.to_le_bytes()), record(1, false, false)))
-            .collect();
+        let base = items(20_000);
         let mut rounds = Vec::new();
         for d in [1u32, 10, 1000] {
-            let mut other = base.clone();
-            for k in 0..d {
-                other.insert(
-                    Id::from_key(&(k * 7).to_le_bytes()),
-                    record(5, false, false),
-                );
-            }
+            let other = rewritten(&base, d, 7);
             let (found, stats) = run(&[base.clone(), other], Config::default());
             assert_eq!(found.len(), d as usize);
             rounds.push(stats.rounds);
@@ -1347,16 +1360,8 @@ mod tests {
     /// check and are compared again at full width, and the result is still exact.
     #[test]
     fn collisions_of_short_sums_are_caught_by_the_anchor_check() {
-        let base: BTreeMap<Id, Record> = (0..30_000u32)
-            .map(|k| (Id::from_key(&k.to_le_bytes()), record(1, false, false)))
-            .collect();
-        let mut other = base.clone();
-        for k in 0..3000u32 {
-            other.insert(
-                Id::from_key(&(k * 7).to_le_bytes()),
-                record(5, false, false),
-            );
-        }
+        let base = items(30_000);
+        let other = rewritten(&base, 3000u32, 7);
         let replicas = [base, other];
         let tiny = Config {
             short_bytes: 1,
@@ -1377,16 +1382,8 @@ mod tests {
     /// compared again and what it finds is what the replicas hold then.
     #[test]
     fn a_replica_that_changes_during_the_comparison_is_compared_again() {
-        let base: BTreeMap<Id, Record> = (0..20_000u32)
-            .map(|k| (Id::from_key(&k.to_le_bytes()), record(1, false, false)))
-            .collect();
-        let mut replicas = [base.clone(), base];
-        for k in 0..50u32 {
-            replicas[1].insert(
-                Id::from_key(&(k * 11).to_le_bytes()),
-                record(5, false, false),
-            );
-        }
+        let base = items(20_000);
+        let mut replicas = [rewritten(&base, 50, 11), base];
         let mut rec = Reconcile::new(vec![IdRange::ALL], 2, Config::default());
         let mut round = 0;
         while let Some(rounds) = rec.next_round() {
@@ -1396,12 +1393,7 @@ mod tests {
                 let (id, _) = model_differences(&replicas)[0];
                 replicas[0].insert(id, record(9, false, false));
             }
-            let answers = replicas
-                .iter()
-                .zip(&rounds)
-                .map(|(items, round)| answer_from_items(round, items))
-                .collect();
-            rec.answer(answers).unwrap();
+            rec.answer(answer_all(&replicas, &rounds)).unwrap();
         }
         assert!(rec.stats().anchors_redone >= 1, "{:?}", rec.stats());
         assert_eq!(rec.into_differences(), model_differences(&replicas));
@@ -1431,16 +1423,8 @@ mod tests {
 
     #[test]
     fn replicas_that_agree_on_a_range_are_asked_once_for_it() {
-        let base: BTreeMap<Id, Record> = (0..20_000u32)
-            .map(|k| (Id::from_key(&k.to_le_bytes()), record(1, false, false)))
-            .collect();
-        let mut diverged = base.clone();
-        for k in 0..100u32 {
-            diverged.insert(
-                Id::from_key(&(k * 13).to_le_bytes()),
-                record(5, false, false),
-            );
-        }
+        let base = items(20_000);
+        let diverged = rewritten(&base, 100u32, 13);
         // Replicas 0 and 2 agree everywhere; replica 1 diverged.
         let replicas = [base.clone(), diverged, base];
         let mut asked = [0usize; 3];
