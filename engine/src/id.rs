@@ -198,6 +198,13 @@ impl IdRange {
     pub fn is_empty(&self) -> bool {
         self.end.is_some_and(|end| end <= self.start)
     }
+
+    /// How much of the id space the range spans, in units of the top 64 bits (the whole
+    /// space is 2^64; a range inside one 64-bit prefix spans 0).
+    pub fn width(&self) -> u128 {
+        let end = self.end.map_or(1u128 << 64, |e| prefix(&e));
+        end.saturating_sub(prefix(&self.start))
+    }
 }
 
 /// The top 64 bits of an id, as a position in the id space.

@@ -1027,6 +1027,10 @@ pub enum AnswerError<E> {
     Source(E),
 }
 
+/// How much of the id space the fingerprinted ranges of one request may span: twice the
+/// whole space, where an honest round spans it at most once.
+const MAX_SPANNED: u128 = 2 << 64;
+
 /// Answers a [`Round`] from `source`: what a node computes (`node::compare`), and the
 /// reference for tests and models.
 pub fn answer_round<S: ItemSource>(
@@ -1041,9 +1045,22 @@ pub fn answer_round<S: ItemSource>(
     }
     let sent = parts_sent(round.split);
     let mut answers = Vec::with_capacity(round.asks.len());
+    // The fingerprinted ranges of an honest round are disjoint, so together they span the
+    // id space at most once; a request that spans it more is refused before it makes the
+    // node read partition rows without end.
+    let mut spanned = 0u128;
     for (index, ask) in round.asks.iter().enumerate() {
         let range = locate(&round.tops, round.split, ask.at())
             .map_err(|what| AnswerError::BadAsk { index, what })?;
+        if let CompareAsk::Whole(_) | CompareAsk::Fingerprints(_) | CompareAsk::Sums(_) = ask {
+            spanned += range.width();
+            if spanned > MAX_SPANNED {
+                return Err(AnswerError::BadAsk {
+                    index,
+                    what: "fingerprints spanning the id space more than twice".into(),
+                });
+            }
+        }
         let parts = || split_range(&range, round.split).into_iter().take(sent);
         let fingerprint = |r: &IdRange| source.fingerprint(r).map_err(AnswerError::Source);
         let answer = match ask {

@@ -123,6 +123,10 @@ async fn a_second_hello_and_out_of_bounds_requests_are_refused() {
             "part 200 of a range split 8",
         ),
         (
+            vec![CompareAsk::Whole(at(0, vec![])); 3],
+            "spanning the id space more than twice",
+        ),
+        (
             vec![CompareAsk::Fingerprints(at(0, vec![])); wire::COMPARE_BUDGET / 8 + 1],
             "at most",
         ),
