@@ -487,6 +487,12 @@ async fn handle(
                     ),
                 ));
             }
+            if ranges.iter().map(IdRange::width).sum::<u128>() > crate::reconcile::MAX_SPANNED {
+                return Err(Failure(
+                    ErrorKind::BadRequest,
+                    "fingerprints spanning the id space more than twice".into(),
+                ));
+            }
             Response::Fingerprints(blocking(move || fingerprints(&*store, &ranges, split)).await?)
         }
         Request::Compare { tops, split, asks } => {

@@ -1029,7 +1029,7 @@ pub enum AnswerError<E> {
 
 /// How much of the id space the fingerprinted ranges of one request may span: twice the
 /// whole space, where an honest round spans it at most once.
-const MAX_SPANNED: u128 = 2 << 64;
+pub const MAX_SPANNED: u128 = 2 << 64;
 
 /// Answers a [`Round`] from `source`: what a node computes (`node::compare`), and the
 /// reference for tests and models.

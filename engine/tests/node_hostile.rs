@@ -105,6 +105,14 @@ async fn a_second_hello_and_out_of_bounds_requests_are_refused() {
         })
         .await;
     assert!(too_split.is_err());
+    let too_wide = peer
+        .call(&Request::Fingerprints {
+            ranges: vec![mend_engine::IdRange::ALL; 3],
+            split: 1,
+        })
+        .await;
+    let refused = too_wide.unwrap_err().to_string();
+    assert!(refused.contains("more than twice"), "{refused}");
     // Comparison asks off the tree of ranges, or over the budget, name what is wrong.
     let compare = |asks: Vec<CompareAsk>| Request::Compare {
         tops: vec![mend_engine::IdRange::ALL],
