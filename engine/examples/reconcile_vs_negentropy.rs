@@ -15,7 +15,7 @@
 //!   by B (as in BASELINES.md).
 //! - mend: the sans-io [`Reconcile`] driven exactly as `engine::compare` drives it (one
 //!   coordinator asks both replicas every round; asks are cut into requests as
-//!   `compare::ask` cuts them, `wire::compare_requests`), each replica answered by the
+//!   `compare::ask` cuts them, `wire::compare_parts`), each replica answered by the
 //!   node's own handler (`node::compare`) over an in-memory [`MemoryStore`].
 //!   Bytes are the encoded wire frames (`wire::encode_frame`: 4-byte length + bincode) of
 //!   every request and response, to both replicas: the protocol's bytes, without QUIC/TLS
@@ -122,14 +122,9 @@ fn frame_len<T: bincode::Encode>(msg: &T) -> u64 {
 fn ask(store: &dyn Store, round: &Round) -> (Answers, u64) {
     let mut bytes = 0;
     let mut answers = Answers::new();
-    for request in wire::compare_requests(round) {
-        bytes += frame_len(&request);
-        let Request::Compare { tops, split, asks } = request else {
-            unreachable!("compare requests")
-        };
-        let part = Round { tops, split, asks };
+    for part in wire::compare_parts(round) {
         let resp = Response::Compared(node::compare(store, &part).expect("answers"));
-        bytes += frame_len(&resp);
+        bytes += frame_len(&Request::from(part)) + frame_len(&resp);
         let Response::Compared(a) = resp else {
             unreachable!()
         };

@@ -133,16 +133,17 @@ pub async fn compare_range(
 /// Sends one round to one replica, cut into requests within the protocol's budget, on
 /// parallel streams (nothing for an empty round).
 async fn ask(peer: &Peer, round: &Round) -> Result<Answers, ClientError> {
-    let requests = wire::compare_requests(round);
-    let answers = try_join_all(requests.iter().map(|request| async move {
-        let Request::Compare { asks, .. } = request else {
-            unreachable!("compare_requests makes Compare requests")
-        };
-        match peer.call(request).await? {
-            Response::Compared(a) if a.len() == asks.len() => Ok(a),
-            other => Err(unexpected(peer, "compare", &other)),
-        }
-    }))
+    let answers = try_join_all(
+        wire::compare_parts(round)
+            .into_iter()
+            .map(|part| async move {
+                let asked = part.asks.len();
+                match peer.call(&Request::from(part)).await? {
+                    Response::Compared(a) if a.len() == asked => Ok(a),
+                    other => Err(unexpected(peer, "compare", &other)),
+                }
+            }),
+    )
     .await?;
     Ok(answers.into_iter().flatten().collect())
 }

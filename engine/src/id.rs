@@ -207,6 +207,19 @@ impl IdRange {
     }
 }
 
+/// An id range as the bounds of a `BTreeMap` range of ids.
+impl std::ops::RangeBounds<Id> for IdRange {
+    fn start_bound(&self) -> std::ops::Bound<&Id> {
+        std::ops::Bound::Included(&self.start)
+    }
+
+    fn end_bound(&self) -> std::ops::Bound<&Id> {
+        self.end
+            .as_ref()
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded)
+    }
+}
+
 /// The top 64 bits of an id, as a position in the id space.
 fn prefix(id: &Id) -> u128 {
     u128::from(u64::from_be_bytes(id.0[..8].try_into().expect("8 bytes")))

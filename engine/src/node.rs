@@ -369,6 +369,15 @@ impl From<StoreError> for Failure {
     }
 }
 
+impl From<AnswerError<StoreError>> for Failure {
+    fn from(e: AnswerError<StoreError>) -> Self {
+        match e {
+            AnswerError::BadAsk { .. } => Failure(ErrorKind::BadRequest, e.to_string()),
+            AnswerError::Source(e) => e.into(),
+        }
+    }
+}
+
 impl From<WireError> for Failure {
     fn from(e: WireError) -> Self {
         Failure(ErrorKind::Protocol, e.to_string())
@@ -430,11 +439,11 @@ async fn reply_error(send: &mut quinn::SendStream, failure: Failure) -> Result<(
 }
 
 /// Runs blocking store work off the async runtime.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+async fn blocking<T: Send + 'static, E: Into<Failure> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, Failure> {
     match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(Failure::from),
+        Ok(r) => r.map_err(Into::into),
         Err(e) => Err(Failure(
             ErrorKind::Storage,
             format!("store task failed: {e}"),
@@ -487,12 +496,8 @@ async fn handle(
                     ),
                 ));
             }
-            if ranges.iter().map(IdRange::width).sum::<u128>() > crate::reconcile::MAX_SPANNED {
-                return Err(Failure(
-                    ErrorKind::BadRequest,
-                    "fingerprints spanning the id space more than twice".into(),
-                ));
-            }
+            crate::reconcile::check_spanned(ranges.iter().map(IdRange::width).sum())
+                .map_err(|why| Failure(ErrorKind::BadRequest, why))?;
             Response::Fingerprints(blocking(move || fingerprints(&*store, &ranges, split)).await?)
         }
         Request::Compare { tops, split, asks } => {
@@ -510,19 +515,7 @@ async fn handle(
                 ));
             }
             let round = crate::reconcile::Round { tops, split, asks };
-            let answered = tokio::task::spawn_blocking(move || compare(&*store, &round))
-                .await
-                .map_err(|e| Failure(ErrorKind::Storage, format!("store task failed: {e}")))?;
-            match answered {
-                Ok(answers) => Response::Compared(answers),
-                Err(AnswerError::BadAsk { index, what }) => {
-                    return Err(Failure(
-                        ErrorKind::BadRequest,
-                        format!("ask {index}: {what}"),
-                    ))
-                }
-                Err(AnswerError::Source(e)) => return Err(e.into()),
-            }
+            Response::Compared(blocking(move || compare(&*store, &round)).await?)
         }
         Request::Read { id } => return read_value(send, store, id).await,
         Request::Write { id, version } => {

@@ -41,7 +41,6 @@
 //! replicas are given.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
 
 use bincode::{Decode, Encode};
 
@@ -593,7 +592,7 @@ impl Reconcile {
                 .collect();
             asked.push(Asked { pending, slots });
         }
-        for round in rounds.iter_mut().filter(|r| !r.asks.is_empty()) {
+        for round in rounds.iter_mut().filter(|r| !r.is_empty()) {
             round.tops = self.tops.clone();
         }
         self.stats.rounds += 1;
@@ -622,21 +621,13 @@ impl Reconcile {
             } = pending;
             match ask {
                 Ask::Whole(at) => {
-                    let by_class: Vec<Fingerprint> = (0..reps.len())
+                    let by_class: Vec<Vec<Fingerprint>> = (0..reps.len())
                         .map(|c| match of(c) {
-                            CompareAnswer::Fingerprints(f) => f[0],
+                            CompareAnswer::Fingerprints(f) => f.clone(),
                             _ => unreachable!("checked"),
                         })
                         .collect();
-                    let fps: Vec<&Fingerprint> = classes.iter().map(|&c| &by_class[c]).collect();
-                    let part_classes = classes_of(&fps);
-                    if part_classes.iter().any(|&c| c != 0) {
-                        let per_class = representatives(&part_classes)
-                            .into_iter()
-                            .map(|r| *fps[r])
-                            .collect();
-                        self.differing(at, part_classes, per_class, true);
-                    }
+                    self.take_fingerprints(vec![at], &classes, &by_class);
                 }
                 Ask::Fingerprints(at, parents) => {
                     let by_class: Vec<Vec<Fingerprint>> = (0..reps.len())
@@ -649,20 +640,12 @@ impl Reconcile {
                             all
                         })
                         .collect();
-                    let parts = split_range(&at.range, self.config.split);
-                    for (j, part) in parts.into_iter().enumerate() {
-                        let fps: Vec<&Fingerprint> =
-                            classes.iter().map(|&c| &by_class[c][j]).collect();
-                        let part_classes = classes_of(&fps);
-                        if part_classes.iter().all(|&c| c == 0) {
-                            continue;
-                        }
-                        let per_class = representatives(&part_classes)
-                            .into_iter()
-                            .map(|r| *fps[r])
-                            .collect();
-                        self.differing(at.part(j, part), part_classes, per_class, true);
-                    }
+                    let parts = split_range(&at.range, self.config.split)
+                        .into_iter()
+                        .enumerate()
+                        .map(|(j, part)| at.part(j, part))
+                        .collect();
+                    self.take_fingerprints(parts, &classes, &by_class);
                 }
                 Ask::Sums(at, parents, most) => {
                     let mask = self.short_mask();
@@ -742,6 +725,28 @@ impl Reconcile {
         Ok(())
     }
 
+    /// Takes each class's full fingerprint of each of `parts` (`by_class[c][j]`): the
+    /// parts whose replicas differ are descended.
+    fn take_fingerprints(
+        &mut self,
+        parts: Vec<At>,
+        classes: &[usize],
+        by_class: &[Vec<Fingerprint>],
+    ) {
+        for (j, part) in parts.into_iter().enumerate() {
+            let fps: Vec<&Fingerprint> = classes.iter().map(|&c| &by_class[c][j]).collect();
+            let part_classes = classes_of(&fps);
+            if part_classes.iter().all(|&c| c == 0) {
+                continue;
+            }
+            let per_class = representatives(&part_classes)
+                .into_iter()
+                .map(|r| *fps[r])
+                .collect();
+            self.differing(part, part_classes, per_class, true);
+        }
+    }
+
     /// The bits of short sums and hashes that count.
     fn short_mask(&self) -> u32 {
         SHORT_MASK >> (8 * (SHORT_BYTES as u32 - u32::from(self.config.short_bytes)))
@@ -818,12 +823,7 @@ impl Reconcile {
         if anchor.open > 0 {
             return;
         }
-        let range = anchor.at.range;
-        let upper = match range.end {
-            Some(e) => Bound::Excluded(e),
-            None => Bound::Unbounded,
-        };
-        let found = (Bound::Included(range.start), upper);
+        let found = anchor.at.range;
         // Each replica's fingerprint without the records found: equal on every replica
         // when they account for the whole difference.
         let rests: Vec<Fingerprint> = anchor
@@ -852,25 +852,11 @@ impl Reconcile {
         for id in stale {
             self.differences.remove(&id);
         }
-        let Anchor {
-            at,
-            classes,
-            fingerprints,
-            ..
-        } = std::mem::replace(
-            &mut self.anchors[a],
-            Anchor {
-                at: At {
-                    range,
-                    located: Located {
-                        top: 0,
-                        path: Vec::new(),
-                    },
-                },
-                classes: Vec::new(),
-                fingerprints: Vec::new(),
-                open: 0,
-            },
+        let anchor = &self.anchors[a];
+        let (at, classes, fingerprints) = (
+            anchor.at.clone(),
+            anchor.classes.clone(),
+            anchor.fingerprints.clone(),
         );
         self.differing(at, classes, fingerprints, false);
     }
@@ -1027,9 +1013,16 @@ pub enum AnswerError<E> {
     Source(E),
 }
 
-/// How much of the id space the fingerprinted ranges of one request may span: twice the
-/// whole space, where an honest round spans it at most once.
-pub const MAX_SPANNED: u128 = 2 << 64;
+/// Refuses fingerprinted ranges that together span (in [`IdRange::width`]) more than twice
+/// the id space, where an honest round spans it at most once: a request asking more would
+/// make a node read partition rows without end.
+pub fn check_spanned(spanned: u128) -> Result<(), String> {
+    const MAX_SPANNED: u128 = 2 << 64;
+    if spanned > MAX_SPANNED {
+        return Err("fingerprints spanning the id space more than twice".into());
+    }
+    Ok(())
+}
 
 /// Answers a [`Round`] from `source`: what a node computes (`node::compare`), and the
 /// reference for tests and models.
@@ -1045,21 +1038,14 @@ pub fn answer_round<S: ItemSource>(
     }
     let sent = parts_sent(round.split);
     let mut answers = Vec::with_capacity(round.asks.len());
-    // The fingerprinted ranges of an honest round are disjoint, so together they span the
-    // id space at most once; a request that spans it more is refused before it makes the
-    // node read partition rows without end.
+    // Checked as the asks are located, before their fingerprints are read.
     let mut spanned = 0u128;
     for (index, ask) in round.asks.iter().enumerate() {
         let range = locate(&round.tops, round.split, ask.at())
             .map_err(|what| AnswerError::BadAsk { index, what })?;
         if let CompareAsk::Whole(_) | CompareAsk::Fingerprints(_) | CompareAsk::Sums(_) = ask {
             spanned += range.width();
-            if spanned > MAX_SPANNED {
-                return Err(AnswerError::BadAsk {
-                    index,
-                    what: "fingerprints spanning the id space more than twice".into(),
-                });
-            }
+            check_spanned(spanned).map_err(|what| AnswerError::BadAsk { index, what })?;
         }
         let parts = || split_range(&range, round.split).into_iter().take(sent);
         let fingerprint = |r: &IdRange| source.fingerprint(r).map_err(AnswerError::Source);
@@ -1116,11 +1102,7 @@ impl ItemSource for BTreeMap<Id, Record> {
         range: &IdRange,
         f: &mut dyn FnMut(&Id, &Record),
     ) -> Result<(), Self::Error> {
-        let upper = match range.end {
-            Some(e) => Bound::Excluded(e),
-            None => Bound::Unbounded,
-        };
-        for (id, r) in self.range((Bound::Included(range.start), upper)) {
+        for (id, r) in self.range(*range) {
             f(id, r);
         }
         Ok(())

@@ -191,26 +191,27 @@ pub fn ask_cost(ask: &CompareAsk, split: u16) -> usize {
     }
 }
 
-/// A round cut into requests within [`COMPARE_BUDGET`] (none for an empty round).
-pub fn compare_requests(round: &Round) -> Vec<Request> {
-    let mut requests = Vec::new();
+/// A round cut into parts within [`COMPARE_BUDGET`], one [`Request::Compare`] each (none
+/// for an empty round).
+pub fn compare_parts(round: &Round) -> Vec<Round> {
+    let mut parts = Vec::new();
     let mut asks = Vec::new();
     let mut cost = 0;
     for ask in &round.asks {
         let c = ask_cost(ask, round.split);
         if cost + c > COMPARE_BUDGET && !asks.is_empty() {
-            requests.push(std::mem::take(&mut asks));
+            parts.push(std::mem::take(&mut asks));
             cost = 0;
         }
         cost += c;
         asks.push(ask.clone());
     }
     if !asks.is_empty() {
-        requests.push(asks);
+        parts.push(asks);
     }
-    requests
+    parts
         .into_iter()
-        .map(|asks| Request::Compare {
+        .map(|asks| Round {
             tops: round.tops.clone(),
             split: round.split,
             asks,
@@ -218,13 +219,18 @@ pub fn compare_requests(round: &Round) -> Vec<Request> {
         .collect()
 }
 
+impl From<Round> for Request {
+    fn from(round: Round) -> Request {
+        Request::Compare {
+            tops: round.tops,
+            split: round.split,
+            asks: round.asks,
+        }
+    }
+}
+
 /// Ranges × `split` per [`Request::Fingerprints`].
 pub const MAX_FINGERPRINT_PARTS: usize = 65_536;
-
-/// Ranges a [`Request::Fingerprints`] split `split` ways may carry (at least one).
-pub fn fingerprint_ranges_per_request(split: u16) -> usize {
-    (MAX_FINGERPRINT_PARTS / usize::from(split.max(1))).max(1)
-}
 
 /// Items a node visits to answer one [`Request::Compare`]; a request that would visit more
 /// is refused (ask for smaller ranges).
