@@ -569,21 +569,9 @@ async fn push(
     }
     let _permit = state.pushing.acquire().await;
     let store = state.store.clone();
-    let read = blocking(move || read_for_push(&*store, &items)).await?;
-    let mut outcomes = Vec::with_capacity(read.len());
-    let (mut batch, mut slots) = (Vec::new(), Vec::new());
-    for (slot, r) in read.into_iter().enumerate() {
-        match r {
-            Ok(item) => {
-                batch.push(item);
-                slots.push(slot);
-                // Replaced by the destination's answer below.
-                outcomes.push(wire::PushOutcome::SourceChanged);
-            }
-            Err(why) => outcomes.push(why),
-        }
-    }
-    if batch.is_empty() {
+    let (mut outcomes, frame) = blocking(move || read_for_push(&*store, &items)).await?;
+    if frame.is_empty() {
+        let outcomes = outcomes.into_iter().map(|o| o.expect("no item in the batch")).collect();
         return Ok(Response::Pushed { outcomes, bytes: 0 });
     }
     let unreachable = |why: String| {
@@ -598,9 +586,10 @@ async fn push(
         .get(addr)
         .await
         .map_err(|e| unreachable(e.to_string()))?;
-    // Encoded once: its size is what this push reports as sent.
-    let frame = wire::encode_frame(&Request::WriteBatch { items: batch })?;
+    // Its size is what this push reports as sent.
+    let frame = frame.finish()?;
     let bytes = frame.len() as u64;
+    let slots: Vec<usize> = (0..outcomes.len()).filter(|&i| outcomes[i].is_none()).collect();
     let written = match peer.call_frame(frame).await {
         Ok(Response::BatchWritten(w)) if w.len() == slots.len() => w,
         Ok(other) => {
@@ -615,60 +604,73 @@ async fn push(
         }
     };
     for (slot, outcome) in slots.into_iter().zip(written) {
-        outcomes[slot] = wire::PushOutcome::Put(outcome);
+        outcomes[slot] = Some(wire::PushOutcome::Put(outcome));
     }
+    let outcomes = outcomes.into_iter().map(|o| o.expect("every slot answered")).collect();
     Ok(Response::Pushed { outcomes, bytes })
 }
 
-/// Each item's value as a write-batch item, or why it cannot be pushed. Values are read
-/// only while they keep the push within [`wire::MAX_PUSH_VALUE`] and
+/// The write batch of `items` whose values can be pushed, read from the store straight
+/// into the frame, and why each other item cannot be (`None`: in the batch, in order).
+/// Values are read only while they keep the push within [`wire::MAX_PUSH_VALUE`] and
 /// [`wire::MAX_PUSH_BYTES`].
 fn read_for_push(
     store: &dyn Store,
     items: &[(Id, wire::VersionDigest)],
-) -> Result<Vec<Result<wire::BatchItem, wire::PushOutcome>>, StoreError> {
+) -> Result<(Vec<Option<wire::PushOutcome>>, wire::BatchFrame), Failure> {
+    // The records first, so that the frame is allocated once for the values it will hold.
     let mut out = Vec::with_capacity(items.len());
+    let mut chosen = Vec::with_capacity(items.len());
     let mut total = 0u64;
     for (id, digest) in items {
         let held = store.lookup(id)?;
         let Some(record) = held.filter(|r| wire::version_digest(id, &r.version) == *digest) else {
-            out.push(Err(wire::PushOutcome::SourceChanged));
+            out.push(Some(wire::PushOutcome::SourceChanged));
             continue;
         };
         if record.corrupt {
-            out.push(Err(wire::PushOutcome::Corrupt));
+            out.push(Some(wire::PushOutcome::Corrupt));
             continue;
         }
         let version = record.version;
         if version.size > wire::MAX_PUSH_VALUE || total + version.size > wire::MAX_PUSH_BYTES {
-            out.push(Err(wire::PushOutcome::TooLarge));
+            out.push(Some(wire::PushOutcome::TooLarge));
             continue;
         }
-        let mut value = Vec::new();
-        if !version.is_tombstone() && version.size > 0 {
-            let Some(mut reader) = store.open_value(id)? else {
-                out.push(Err(wire::PushOutcome::SourceChanged));
-                continue;
+        total += version.size;
+        chosen.push((out.len(), *id, version));
+        out.push(None);
+    }
+    /// Room for an item's id, version and value length in the frame.
+    const ITEM_HEADER: usize = 160;
+    let capacity = usize::try_from(total).unwrap_or(0) + chosen.len() * ITEM_HEADER;
+    let mut frame = wire::BatchFrame::with_capacity(capacity);
+    for (slot, id, version) in chosen {
+        let len = if version.is_tombstone() { 0 } else { version.size };
+        let mut refused = None;
+        frame.push(&id, &version, len, |buf, start| {
+            if len == 0 {
+                return Ok(true);
+            }
+            let Some(mut reader) = store.open_value(&id)? else {
+                refused = Some(wire::PushOutcome::SourceChanged);
+                return Ok(false);
             };
             if reader.version() != version {
-                out.push(Err(wire::PushOutcome::SourceChanged));
-                continue;
+                refused = Some(wire::PushOutcome::SourceChanged);
+                return Ok(false);
             }
-            value.reserve_exact(usize::try_from(version.size).unwrap_or(0));
-            reader.read_to_end(&mut value)?;
-            if blake3::hash(&value).as_bytes() != &version.checksum {
-                out.push(Err(wire::PushOutcome::Corrupt));
-                continue;
+            reader.read_to_end(buf)?;
+            let value = &buf[start..];
+            if value.len() as u64 != len || blake3::hash(value).as_bytes() != &version.checksum {
+                refused = Some(wire::PushOutcome::Corrupt);
+                return Ok(false);
             }
-        }
-        total += version.size;
-        out.push(Ok(wire::BatchItem {
-            id: *id,
-            version,
-            value,
-        }));
+            Ok::<_, Failure>(true)
+        })?;
+        out[slot] = refused;
     }
-    Ok(out)
+    Ok((out, frame))
 }
 
 /// The route list in force, re-read from `cluster.toml` when the file changed (a pushed or

@@ -373,19 +373,19 @@ impl Peer {
     /// One request, one response; a [`Response::Error`] becomes [`TransportError::Remote`].
     pub async fn call(&self, req: &Request) -> Result<Response, TransportError> {
         let frame = wire::encode_frame(req).map_err(|e| self.stream_error(e))?;
-        self.call_frame(frame).await
+        self.call_frame(frame.into()).await
     }
 
     /// Like [`Peer::call`] with a request already encoded by [`wire::encode_frame`] (a
     /// caller that needs the frame's size does not encode it twice). The frame is handed
     /// to the stream as it is: megabytes of values are not copied again.
-    pub async fn call_frame(&self, frame: Vec<u8>) -> Result<Response, TransportError> {
+    pub async fn call_frame(&self, frame: bytes::Bytes) -> Result<Response, TransportError> {
         let (mut send, mut recv) = self
             .conn
             .open_bi()
             .await
             .map_err(|e| connection_lost(self.addr, &e))?;
-        send.write_chunk(bytes::Bytes::from(frame))
+        send.write_chunk(frame)
             .await
             .map_err(|e| self.stream_error(WireError::Io(e.into())))?;
         send.finish().map_err(|e| {
