@@ -571,7 +571,10 @@ async fn push(
     let store = state.store.clone();
     let (mut outcomes, frame) = blocking(move || read_for_push(&*store, &items)).await?;
     if frame.is_empty() {
-        let outcomes = outcomes.into_iter().map(|o| o.expect("no item in the batch")).collect();
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| o.expect("no item in the batch"))
+            .collect();
         return Ok(Response::Pushed { outcomes, bytes: 0 });
     }
     let unreachable = |why: String| {
@@ -589,7 +592,9 @@ async fn push(
     // Its size is what this push reports as sent.
     let frame = frame.finish()?;
     let bytes = frame.len() as u64;
-    let slots: Vec<usize> = (0..outcomes.len()).filter(|&i| outcomes[i].is_none()).collect();
+    let slots: Vec<usize> = (0..outcomes.len())
+        .filter(|&i| outcomes[i].is_none())
+        .collect();
     let written = match peer.call_frame(frame).await {
         Ok(Response::BatchWritten(w)) if w.len() == slots.len() => w,
         Ok(other) => {
@@ -606,7 +611,10 @@ async fn push(
     for (slot, outcome) in slots.into_iter().zip(written) {
         outcomes[slot] = Some(wire::PushOutcome::Put(outcome));
     }
-    let outcomes = outcomes.into_iter().map(|o| o.expect("every slot answered")).collect();
+    let outcomes = outcomes
+        .into_iter()
+        .map(|o| o.expect("every slot answered"))
+        .collect();
     Ok(Response::Pushed { outcomes, bytes })
 }
 
@@ -646,7 +654,11 @@ fn read_for_push(
     let capacity = usize::try_from(total).unwrap_or(0) + chosen.len() * ITEM_HEADER;
     let mut frame = wire::BatchFrame::with_capacity(capacity);
     for (slot, id, version) in chosen {
-        let len = if version.is_tombstone() { 0 } else { version.size };
+        let len = if version.is_tombstone() {
+            0
+        } else {
+            version.size
+        };
         let mut refused = None;
         frame.push(&id, &version, len, |buf, start| {
             if len == 0 {

@@ -219,7 +219,10 @@ fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     }
     // Best effort: a kernel that refuses leaves its default, which works, more slowly.
     for (what, set) in [
-        ("receive", Socket::set_recv_buffer_size as fn(&Socket, usize) -> std::io::Result<()>),
+        (
+            "receive",
+            Socket::set_recv_buffer_size as fn(&Socket, usize) -> std::io::Result<()>,
+        ),
         ("send", Socket::set_send_buffer_size),
     ] {
         if let Err(e) = set(&socket, SOCKET_BUFFER) {

@@ -321,7 +321,8 @@ impl<C> Decode<C> for BatchItem {
         let id = Id::decode(d)?;
         let version = Version::decode(d)?;
         let len = u64::decode(d)?;
-        let len = usize::try_from(len).map_err(|_| bincode::error::DecodeError::OutsideUsizeRange(len))?;
+        let len = usize::try_from(len)
+            .map_err(|_| bincode::error::DecodeError::OutsideUsizeRange(len))?;
         d.claim_container_read::<u8>(len)?;
         let mut value = Vec::with_capacity(len);
         if let Some(bytes) = d.reader().peek_read(len) {
@@ -402,10 +403,10 @@ impl BatchFrame {
             }
             Ok(true) => {
                 self.buf.truncate(mark);
-                Err(WireError::Encode(format!(
-                    "a value of {got} bytes in a batch item of {len}"
-                ))
-                .into())
+                Err(
+                    WireError::Encode(format!("a value of {got} bytes in a batch item of {len}"))
+                        .into(),
+                )
             }
             other => {
                 self.buf.truncate(mark);
@@ -776,16 +777,29 @@ mod tests {
     /// counts where the count's varint grows, with items refused along the way.
     #[test]
     fn batch_frames_are_the_encoded_request() {
-        for (n, size) in [(0, 0), (1, 0), (3, 100), (250, 10), (251, 10), (300, 3), (5, 70_000)] {
+        for (n, size) in [
+            (0, 0),
+            (1, 0),
+            (3, 100),
+            (250, 10),
+            (251, 10),
+            (300, 3),
+            (5, 70_000),
+        ] {
             let items = batch(n, size);
             let mut frame = BatchFrame::with_capacity(0);
             for (i, item) in items.iter().enumerate() {
                 // A refused item (every fourth) leaves nothing behind.
                 let refused = frame
-                    .push(&item.id, &item.version, item.value.len() as u64, |buf, _| {
-                        buf.extend_from_slice(&item.value);
-                        Ok::<_, WireError>(i % 4 != 3)
-                    })
+                    .push(
+                        &item.id,
+                        &item.version,
+                        item.value.len() as u64,
+                        |buf, _| {
+                            buf.extend_from_slice(&item.value);
+                            Ok::<_, WireError>(i % 4 != 3)
+                        },
+                    )
                     .unwrap();
                 assert_eq!(refused, i % 4 != 3);
             }
@@ -797,7 +811,11 @@ mod tests {
                 .collect();
             assert_eq!(frame.len(), kept.len());
             let expected = encode_frame(&Request::WriteBatch { items: kept }).unwrap();
-            assert_eq!(frame.finish().unwrap().as_ref(), expected.as_slice(), "{n} items");
+            assert_eq!(
+                frame.finish().unwrap().as_ref(),
+                expected.as_slice(),
+                "{n} items"
+            );
         }
     }
 
@@ -816,23 +834,37 @@ mod tests {
                 Ok::<_, WireError>(true)
             })
             .unwrap();
-        let expected = encode_frame(&Request::WriteBatch { items: vec![items[1].clone()] });
-        assert_eq!(frame.finish().unwrap().as_ref(), expected.unwrap().as_slice());
+        let expected = encode_frame(&Request::WriteBatch {
+            items: vec![items[1].clone()],
+        });
+        assert_eq!(
+            frame.finish().unwrap().as_ref(),
+            expected.unwrap().as_slice()
+        );
     }
 
     /// A payload decodes the same whichever parts it arrived in, values cut across parts
     /// included; a payload cut short, or with bytes over, is refused in parts as whole.
     #[test]
     fn payloads_in_parts_decode_as_whole() {
-        let req = Request::WriteBatch { items: batch(6, 300) };
+        let req = Request::WriteBatch {
+            items: batch(6, 300),
+        };
         let frame = encode_frame(&req).unwrap();
         let payload = &frame[4..];
-        for cut in (0..payload.len()).step_by(37).chain([1, 2, payload.len() - 1]) {
+        for cut in (0..payload.len())
+            .step_by(37)
+            .chain([1, 2, payload.len() - 1])
+        {
             let (a, b) = payload.split_at(cut);
             let back: Request = decode_parts(&[a, &[], b]).unwrap();
             assert_eq!(back, req, "cut at {cut}");
             let three: Vec<&[u8]> = payload.chunks(cut.max(1)).collect();
-            assert_eq!(decode_parts::<Request>(&three).unwrap(), req, "chunks of {cut}");
+            assert_eq!(
+                decode_parts::<Request>(&three).unwrap(),
+                req,
+                "chunks of {cut}"
+            );
         }
         let (a, b) = payload.split_at(100);
         assert!(decode_parts::<Request>(&[a, &b[..b.len() - 1]]).is_err());
@@ -841,9 +873,14 @@ mod tests {
 
     #[tokio::test]
     async fn frames_arriving_in_pieces_decode() {
-        let req = Request::WriteBatch { items: batch(40, 9_000) };
+        let req = Request::WriteBatch {
+            items: batch(40, 9_000),
+        };
         let frame = encode_frame(&req).unwrap();
-        assert!(frame.len() > 4 * FIRST_READ, "the payload spans several parts");
+        assert!(
+            frame.len() > 4 * FIRST_READ,
+            "the payload spans several parts"
+        );
         let mut r: &[u8] = &frame;
         let back: Option<Request> = read_frame(&mut r).await.unwrap();
         assert_eq!(back, Some(req));
