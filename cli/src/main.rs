@@ -1,9 +1,6 @@
 //! The `mend` binary: the built-in policies. A crate that adds its own builds its binary
 //! the same way, calling `mend_cli::main_with` with its registry.
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     mend_cli::main()
 }
