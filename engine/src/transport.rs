@@ -120,13 +120,14 @@ fn roots(creds: &Credentials) -> Result<RootCertStore, TransportError> {
 
 /// Flow control sized for bulk transfer between nodes (loopback and LAN): many
 /// concurrent request streams, a connection window large enough to fill a fast link. The
-/// per-stream window is what one streamed value can have buffered at the receiver ahead
-/// of its store: at 8 MiB a 256 MiB put or get peaked 8-16 MiB higher on each end, and
-/// 2 MiB copied a 2 GiB bulk `mend dc` on loopback as fast (224-276 MB/s against 220-252);
-/// it caps one stream at 2 MiB per round trip (40 MB/s at 50 ms), which the many streams
-/// of a run share out. Dead peers are detected by the idle timeout (QUIC ignores ICMP, so a killed peer
-/// looks alive until then: 15 s bounds how long a run waits on one); keep-alives every 3 s
-/// stop an idle but healthy pooled connection from timing out.
+/// per-stream window is how far one streamed value can run ahead of the receiver's store,
+/// so it is memory on each end: at 8 MiB a 256 MiB put or get peaked 8-16 MiB higher,
+/// and 2 MiB copied a 2 GiB bulk `mend dc` on loopback as fast (224-276 MB/s against
+/// 220-252). It caps one stream at 2 MiB per round trip (40 MB/s at 50 ms); a run keeps
+/// many streams open, each with its own window. Dead peers are detected by the idle
+/// timeout (QUIC ignores ICMP, so a killed peer looks alive until then: 15 s bounds how
+/// long a run waits on one); keep-alives every 3 s stop an idle but healthy pooled
+/// connection from timing out.
 fn transport_config() -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(1024))
