@@ -34,6 +34,9 @@ use support::{mend_bin, spawn_ready, Cluster, NodeProcs};
 /// what a run needs.
 const RUN_LIMIT: Duration = Duration::from_secs(90);
 
+/// Seconds a run behind the lossy relay waits for a handshake: see `dc_through_a_lossy_link`.
+const LOSSY_CONNECT_TIMEOUT: &str = "20";
+
 /// How long the test waits for a signal it injects a fault on (a file, a report row).
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -1022,12 +1025,22 @@ fn dc_through_a_lossy_link() {
     let (view, relay) = through_relay(&c, &victim, rng.next());
     relay.set(loss, 10);
     // QUIC retransmits what is lost and orders what is reordered: the run does not fail,
-    // it converges through the loss (slower).
+    // it converges through the loss (slower). A handshake whose first flight is lost waits
+    // out a probe timeout that starts at 1 s and doubles, so three losses in a row pass
+    // the default 5 s; an operator on such a link raises the timeout, and so does this.
     let end = run_to_end(
         &view,
         c.dir.path(),
         "dc-lossy",
-        &["dc", "-g", "1,2,3", "--stats", "json"],
+        &[
+            "dc",
+            "-g",
+            "1,2,3",
+            "--stats",
+            "json",
+            "--connect-timeout",
+            LOSSY_CONNECT_TIMEOUT,
+        ],
     );
     assert_eq!(end.code, Some(0), "{end}");
     assert!(
@@ -1038,7 +1051,13 @@ fn dc_through_a_lossy_link() {
     // So does verify through the same link.
     let out = Command::new(mend_bin())
         .env("MEND_CLUSTER", &view)
-        .args(["verify", "-g", "1,2,3"])
+        .args([
+            "verify",
+            "-g",
+            "1,2,3",
+            "--connect-timeout",
+            LOSSY_CONNECT_TIMEOUT,
+        ])
         .output()
         .unwrap();
     assert_eq!(

@@ -631,8 +631,18 @@ impl Pool {
         if let Some(peer) = self.peers().get(&addr).filter(|p| p.is_open()) {
             return Ok(peer.clone());
         }
-        let peer = Peer::connect_with_timeout(&self.endpoint, addr, self.timeout).await?;
+        let connected = Peer::connect_with_timeout(&self.endpoint, addr, self.timeout).await;
         let mut peers = self.peers();
+        let peer = match connected {
+            Ok(peer) => peer,
+            // Concurrent callers each connect; over a lossy link one handshake can lose
+            // its first flight again and again while another gets through. The node is
+            // reachable then, and the caller gets that connection instead of the error.
+            Err(e) => match peers.get(&addr).filter(|p| p.is_open()) {
+                Some(existing) => return Ok(existing.clone()),
+                None => return Err(e),
+            },
+        };
         match peers.get(&addr) {
             // Another task connected meanwhile: keep one connection (ours closes when
             // dropped).

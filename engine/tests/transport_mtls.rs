@@ -400,6 +400,49 @@ async fn the_pool_reuses_open_connections_and_replaces_closed_ones() {
     assert!(matches!(n1.next_seen().await, Seen::Accepted));
 }
 
+/// A node that answers the Hello of the first connection it accepts and leaves every
+/// later one unanswered: a link on which one handshake got through and the others did not.
+fn start_node_answering_once(creds: &Credentials) -> SocketAddr {
+    let endpoint = transport::server_endpoint(loopback(), creds).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Some(incoming) = endpoint.accept().await {
+            let answer = std::mem::take(&mut first);
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                if answer && accept_hello(&conn, "n1", 1, 7).await.is_ok() {
+                    serve(conn).await;
+                } else {
+                    conn.closed().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_connect_that_times_out_uses_the_connection_a_concurrent_caller_made() {
+    let dir = cluster(&["n1"]);
+    let addr = start_node_answering_once(&Credentials::for_node(dir.path(), "n1").unwrap());
+    let pool = Pool::with_connect_timeout(
+        transport::client_endpoint(&Credentials::for_client(dir.path()).unwrap()).unwrap(),
+        Duration::from_secs(1),
+    );
+
+    // Both callers find no connection and each makes one; only one is answered.
+    let (a, b) = tokio::join!(pool.get(addr), pool.get(addr));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.conn.stable_id(), b.conn.stable_id());
+    a.call(&Request::Lookup { ids: vec![] }).await.unwrap();
+
+    // With no open connection to fall back on, the timeout is the answer.
+    pool.forget(addr);
+    let alone = pool.get(addr).await.unwrap_err();
+    assert!(alone.to_string().contains("timed out after 1s"), "{alone}");
+}
+
 #[tokio::test]
 async fn a_node_added_later_gets_a_working_certificate() {
     let dir = cluster(&["n1"]);
