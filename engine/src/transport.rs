@@ -628,30 +628,21 @@ impl Pool {
 
     /// The open connection to `addr`, or a new one.
     pub async fn get(&self, addr: SocketAddr) -> Result<Peer, TransportError> {
-        if let Some(peer) = self.peers().get(&addr).filter(|p| p.is_open()) {
-            return Ok(peer.clone());
+        if let Some(peer) = open_peer(&self.peers(), addr) {
+            return Ok(peer);
         }
         let connected = Peer::connect_with_timeout(&self.endpoint, addr, self.timeout).await;
         let mut peers = self.peers();
-        let peer = match connected {
-            Ok(peer) => peer,
-            // Concurrent callers each connect; over a lossy link one handshake can lose
-            // its first flight again and again while another gets through. The node is
-            // reachable then, and the caller gets that connection instead of the error.
-            Err(e) => match peers.get(&addr).filter(|p| p.is_open()) {
-                Some(existing) => return Ok(existing.clone()),
-                None => return Err(e),
-            },
-        };
-        match peers.get(&addr) {
-            // Another task connected meanwhile: keep one connection (ours closes when
-            // dropped).
-            Some(existing) if existing.is_open() => Ok(existing.clone()),
-            _ => {
-                peers.insert(addr, peer.clone());
-                Ok(peer)
-            }
+        // Concurrent callers each connect. If another got there meanwhile, its connection
+        // serves: one is kept (ours, if made, closes when dropped), and over a lossy link,
+        // where one handshake can lose its first flight again and again while another gets
+        // through, the node is reachable and this caller gets that connection, not the error.
+        if let Some(existing) = open_peer(&peers, addr) {
+            return Ok(existing);
         }
+        let peer = connected?;
+        peers.insert(addr, peer.clone());
+        Ok(peer)
     }
 
     /// Drops the pooled connection to `addr` (it closes once no one uses it); the next
@@ -668,6 +659,11 @@ impl Pool {
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Peer>> {
         self.peers.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The pooled connection to `addr`, if it is still open.
+fn open_peer(peers: &HashMap<SocketAddr, Peer>, addr: SocketAddr) -> Option<Peer> {
+    peers.get(&addr).filter(|p| p.is_open()).cloned()
 }
 
 /// A lost connection as a stream error of `addr`, saying why it was lost.
