@@ -21,6 +21,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rayon::prelude::*;
 use redb::{
     Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
     TableDefinition, WriteTransaction,
@@ -917,8 +918,11 @@ impl Store for Opened {
             return Ok(Vec::new());
         }
         // Hash before taking the write lock: it is the slow part of a batch of small values.
+        // On rayon's pool, not the calling thread: that is a node's one writer thread, which
+        // a bulk copy keeps busy (hashing there held a 2 GiB copy at 133-143 MB/s, 142-150
+        // spread over both cores).
         let matches: Vec<bool> = items
-            .iter()
+            .par_iter()
             .map(|item| {
                 let sum = blake3::hash(item.value);
                 value_matches(&item.version, item.value.len() as u64, sum.as_bytes())
