@@ -256,16 +256,8 @@ fn a_corrupt_newest_copy_loses_to_the_next_newest_healthy_one() {
         "1000",
     ]);
     c.stop();
-    let store = c.path().join("data/g1n1/store.redb");
-    let mut bytes = std::fs::read(&store).unwrap();
-    for needle in [&new.as_bytes()[40..80], &lonely.as_bytes()[40..80]] {
-        let mut i = 0;
-        while let Some(p) = bytes[i..].windows(needle.len()).position(|w| w == needle) {
-            bytes[i + p + 5] ^= 0xff;
-            i += p + needle.len();
-        }
-    }
-    std::fs::write(&store, bytes).unwrap();
+    let needles = [&new.as_bytes()[40..80], &lonely.as_bytes()[40..80]];
+    assert!(support::rot_store(&c.path(), "g1n1", &needles, 5, 0xff) >= 2);
     c.start_nodes(3);
     assert_eq!(c.run(&["scrub", "-g", "1"]).status.code(), Some(1));
 

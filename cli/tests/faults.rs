@@ -1342,24 +1342,13 @@ fn values_rotten_on_a_source_are_never_copied_and_are_repaired_after_scrub() {
     }
     c.write_versions(&writes);
     stop_node(&mut nodes, "g1n1");
-    let store = c.path().join("data/g1n1/store.redb");
-    let mut bytes = std::fs::read(&store).unwrap();
-    let mut flipped = 0;
-    for value in &rotten {
-        let needle = &value.as_bytes()[40..90];
-        let mut i = 0;
-        while let Some(p) = bytes[i..].windows(needle.len()).position(|w| w == needle) {
-            bytes[i + p + 7] ^= 0x55;
-            i += p + needle.len();
-            flipped += 1;
-        }
-    }
+    let needles: Vec<&[u8]> = rotten.iter().map(|v| &v.as_bytes()[40..90]).collect();
+    let flipped = support::rot_store(&c.path(), "g1n1", &needles, 7, 0x55);
     assert!(
         flipped >= rotten.len(),
         "{flipped} flips for {} values",
         rotten.len()
     );
-    std::fs::write(&store, bytes).unwrap();
     restart(&c, &mut nodes, "g1n1");
 
     // dc copies from the first replica holding the newest version: group 1's rotten copy is

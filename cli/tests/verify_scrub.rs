@@ -34,19 +34,9 @@ fn verify_ids(c: &Cluster, extra: &[&str]) -> (BTreeSet<String>, serde_json::Val
     (ids, report)
 }
 
-/// Flips one byte of every stored copy of `needle` in a node's redb file (node stopped).
+/// Flips one byte of every stored copy of `needle` in a node's redb files (node stopped).
 fn rot_on_disk(c: &Cluster, node: &str, needle: &[u8]) -> usize {
-    let path = c.path().join("data").join(node).join("store.redb");
-    let mut bytes = std::fs::read(&path).unwrap();
-    let mut hits = 0;
-    let mut i = 0;
-    while let Some(pos) = bytes[i..].windows(needle.len()).position(|w| w == needle) {
-        bytes[i + pos + needle.len() / 2] ^= 0x55;
-        hits += 1;
-        i += pos + needle.len();
-    }
-    std::fs::write(&path, bytes).unwrap();
-    hits
+    support::rot_store(&c.path(), node, &[needle], needle.len() / 2, 0x55)
 }
 
 /// Groups that split the id space differently: group 1 one node, group 2 halves, group 3

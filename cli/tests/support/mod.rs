@@ -172,6 +172,30 @@ pub fn spawn_ready(cmd: &mut Command, count: u32) -> Child {
     child
 }
 
+/// Bit rot, with the node stopped: in each of the store files of `node` (its shards), flips
+/// the byte `at` bytes into every copy of each needle with `mask`; returns the flips.
+pub fn rot_store(cluster: &Path, node: &str, needles: &[&[u8]], at: usize, mask: u8) -> usize {
+    let store =
+        mend_engine::store::RedbStore::open(&cluster.join("data").join(node).join("store.redb"))
+            .expect("open the stopped node's store");
+    let files = store.paths();
+    drop(store);
+    let mut flips = 0;
+    for file in files {
+        let mut bytes = std::fs::read(&file).expect("read a store file");
+        for needle in needles {
+            let mut i = 0;
+            while let Some(p) = bytes[i..].windows(needle.len()).position(|w| w == *needle) {
+                bytes[i + p + at] ^= mask;
+                i += p + needle.len();
+                flips += 1;
+            }
+        }
+        std::fs::write(&file, bytes).expect("write a store file");
+    }
+    flips
+}
+
 /// Writes `bytes` to a new file under `dir`.
 pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);

@@ -156,7 +156,8 @@ pub trait Store: Send + Sync + fmt::Debug {
         limit: usize,
     ) -> Result<Vec<(Id, Record)>, StoreError>;
 
-    /// Writes whole values (and tombstones) in one write transaction; one outcome per item,
+    /// Writes whole values (and tombstones) in one write transaction (one per shard of a
+    /// sharded store, so a failed batch may have written some shards); one outcome per item,
     /// in order. An item refused (stale, checksum mismatch) does not affect the others.
     fn put_batch(&self, items: &[PutItem<'_>]) -> Result<Vec<PutOutcome>, StoreError>;
 

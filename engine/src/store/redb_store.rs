@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use redb::{
-    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
-    TableDefinition, WriteTransaction,
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
 };
 
 use super::memory::value_matches;
@@ -98,15 +98,21 @@ const LOG_ENTRY_BYTES: usize = 2 + FINGERPRINT_BYTES;
 /// replays at most this many entries.
 const FOLD_AT: usize = 1 << 16;
 
-/// `meta_v1`: counters and the schema version, by name ([`SCHEMA_KEY`],
-/// [`NEXT_GENERATION_KEY`]).
+/// `meta_v1`: counters, the schema version and the file's place in its store, by name
+/// ([`SCHEMA_KEY`], [`NEXT_GENERATION_KEY`], [`SHARD_KEY`], [`SHARDS_KEY`]).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta_v1");
 
 /// `meta_v1` key: the layout version of the whole database.
 const SCHEMA_KEY: &str = "schema";
-/// The layout this code reads and writes. Schema 1 had no `fingerprint_log_v1`; opening
-/// one upgrades it in place (there is nothing to convert).
-const SCHEMA: u64 = 2;
+/// The layout this code reads and writes. Schema 1 had no `fingerprint_log_v1`, schema 2
+/// no shards; opening either upgrades it in place to a store of one shard (there is nothing
+/// to convert). A build that reads schema 2 refuses schema 3 rather than see one shard of
+/// several as the whole store.
+const SCHEMA: u64 = 3;
+/// `meta_v1` key: which shard of its store this file is (0 is the first file).
+const SHARD_KEY: &str = "shard";
+/// `meta_v1` key: how many shards the store has (a power of two, at most 256).
+const SHARDS_KEY: &str = "shards";
 /// `meta_v1` key: the next unused chunk generation (generations start at 1; 0 means none).
 const NEXT_GENERATION_KEY: &str = "next_generation";
 
@@ -123,6 +129,25 @@ enum LayoutError {
     Schema {
         /// The schema the file declares.
         found: u64,
+    },
+    /// The shard keys of `meta_v1` are missing or out of range.
+    #[error("database records shard {index:?} of {count:?}: not a shard of a store")]
+    ShardKeys {
+        /// [`SHARD_KEY`]'s value.
+        index: Option<u64>,
+        /// [`SHARDS_KEY`]'s value.
+        count: Option<u64>,
+    },
+    /// The file is another shard than its name says, or of a store of another size.
+    #[error(
+        "database is shard {} of {}, expected shard {} of {}: the store's files were mixed up",
+        found.index, found.count, expected.index, expected.count
+    )]
+    Shard {
+        /// What the file records.
+        found: ShardLayout,
+        /// What its name and the store's first file say.
+        expected: ShardLayout,
     },
 }
 
@@ -557,16 +582,36 @@ struct MalformedLog {
     len: usize,
 }
 
-/// A [`Store`] in one redb database file.
+/// A [`Store`] in [`SHARDS`] redb database files, each holding the ids of one contiguous
+/// slice of the id space (so of whole partitions), each written by its own transactions.
+///
+/// Why more than one: a commit is serial within a redb file — it writes its pages, then
+/// fsyncs, and the next commit waits for both. A 2 GiB bulk copy into an empty node left the
+/// disk idle while the one writer thread wrote pages into the page cache, and that thread
+/// idle while the disk synced. With two files, a batch's halves commit at the same time on
+/// two threads, so one file's fsync overlaps the other's page writes.
+///
+/// The number of shards is fixed when the store is created and recorded in the first
+/// file; a store made by a build before shards (schema 2) opens as one shard.
+#[derive(Debug)]
+pub struct RedbStore {
+    shards: Vec<ShardFile>,
+    /// `shards.len().ilog2()`: a shard holds the ids whose top `bits` bits are its index.
+    bits: u32,
+}
+
+/// One redb database file of a [`RedbStore`].
 ///
 /// After an I/O error (a full disk, most often) redb refuses every later operation until the
-/// database is closed and opened again. So a store notes the error, and its next operation
+/// database is closed and opened again. So a shard notes the error, and its next operation
 /// first reopens the file (which succeeds once the handles of readers and uploads still
 /// open are gone): a node whose disk filled up works again once there is room, without a
 /// restart.
 #[derive(Debug)]
-pub struct RedbStore {
+struct ShardFile {
     path: PathBuf,
+    /// Which shard of its store this file is.
+    index: usize,
     maintain_fingerprints: bool,
     /// The open database; `None` only while a reopen has not succeeded yet.
     opened: std::sync::RwLock<Option<Arc<Opened>>>,
@@ -574,13 +619,40 @@ pub struct RedbStore {
     broken: std::sync::atomic::AtomicBool,
 }
 
-/// One opening of the database file.
+/// One opening of a database file.
 #[derive(Debug)]
 struct Opened {
     db: Arc<Database>,
     maintain_fingerprints: bool,
     mirror: Mirror,
+    shard: ShardLayout,
 }
+
+/// Where a file sits in its store: shard `index` of `count` (as recorded in its `meta_v1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ShardLayout {
+    index: u64,
+    count: u64,
+}
+
+impl ShardLayout {
+    /// The layout `meta_v1`'s shard keys record, if they are present and make sense.
+    fn recorded(index: Option<u64>, count: Option<u64>) -> Option<ShardLayout> {
+        match (index, count) {
+            (Some(index), Some(count))
+                if count.is_power_of_two() && count <= 256 && index < count =>
+            {
+                Some(ShardLayout { index, count })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The shards of a store this build creates. Two: the machines it is measured on have two
+/// cores, and one shard's fsync overlapping the other's page writes is what pays (see
+/// [`RedbStore`]); more would split commits into smaller ones for no further overlap.
+pub const SHARDS: usize = 2;
 
 /// Whether `e` is (or follows) an I/O error of the database file.
 fn is_io_error(e: &StoreError) -> bool {
@@ -590,9 +662,23 @@ fn is_io_error(e: &StoreError) -> bool {
     }))
 }
 
+/// The file of shard `index` of the store whose first file is `path`: `store.redb`,
+/// `store-1.redb`, ...
+fn shard_path(path: &Path, index: usize) -> PathBuf {
+    if index == 0 {
+        return path.to_path_buf();
+    }
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{index}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{index}"),
+    };
+    path.with_file_name(name)
+}
+
 impl RedbStore {
-    /// Opens the store in `path`, creating it if absent, and discards the chunks of every
-    /// upload a previous process left unfinished.
+    /// Opens the store whose first file is `path`, creating it if absent, and discards the
+    /// chunks of every upload a previous process left unfinished.
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
         RedbStore::open_with(path, true)
     }
@@ -605,18 +691,106 @@ impl RedbStore {
     }
 
     fn open_with(path: &Path, maintain_fingerprints: bool) -> Result<RedbStore, StoreError> {
-        let opened = Opened::open(path, maintain_fingerprints)?;
+        let first = ShardFile::open(path.to_path_buf(), maintain_fingerprints, 0)?;
+        let count = first.layout()?.count;
+        let mut shards = vec![first];
+        for index in 1..count as usize {
+            let shard = ShardFile::open(shard_path(path, index), maintain_fingerprints, index)?;
+            let found = shard.layout()?;
+            if found.count != count {
+                return Err(StoreError::Open {
+                    path: shard.path.clone(),
+                    source: Box::new(LayoutError::Shard {
+                        found,
+                        expected: ShardLayout {
+                            index: index as u64,
+                            count,
+                        },
+                    }),
+                });
+            }
+            shards.push(shard);
+        }
         Ok(RedbStore {
-            path: path.to_path_buf(),
+            bits: shards.len().ilog2(),
+            shards,
+        })
+    }
+
+    /// The store's first database file (it records how many there are).
+    pub fn path(&self) -> &Path {
+        &self.shards[0].path
+    }
+
+    /// Every database file of the store, in shard order.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.shards.iter().map(|s| s.path.clone()).collect()
+    }
+
+    /// The index of the shard that holds `id`.
+    fn shard_of(&self, id: &Id) -> usize {
+        shard_index(self.bits, id.partition())
+    }
+
+    /// The shard that holds `id`.
+    fn shard(&self, id: &Id) -> &ShardFile {
+        &self.shards[self.shard_of(id)]
+    }
+
+    /// The partitions of shard `index`, first and last.
+    fn partitions_of(&self, index: usize) -> (u16, u16) {
+        let span = 1u32 << (16 - self.bits);
+        let first = index as u32 * span;
+        (first as u16, (first + span - 1) as u16)
+    }
+
+    /// Debugging and tests: flips one byte of the first chunk of the stored value of `id`,
+    /// leaving its version row and fingerprint alone, as bit rot on disk would. Returns
+    /// false when `id` has no value bytes (absent, a tombstone, or empty).
+    pub fn debug_corrupt_value(&self, id: &Id) -> Result<bool, StoreError> {
+        self.shard(id).with(|o| o.debug_corrupt_value(id))
+    }
+
+    /// Debugging and tests: damages `fingerprints_v1` of every shard the ways a bad disk or
+    /// a bug could — every other row overwritten with garbage, one row deleted, one row
+    /// invented for a partition that holds nothing, the log lost — so that
+    /// [`Store::rebuild_fingerprints`] can be shown to restore it.
+    pub fn debug_damage_fingerprints(&self) -> Result<(), StoreError> {
+        for shard in &self.shards {
+            shard.with(Opened::debug_damage_fingerprints)?;
+        }
+        Ok(())
+    }
+}
+
+/// The shard, of `1 << bits`, that holds `partition`: the top `bits` bits of the id.
+fn shard_index(bits: u32, partition: u16) -> usize {
+    if bits == 0 {
+        0
+    } else {
+        usize::from(partition >> (16 - bits))
+    }
+}
+
+impl ShardFile {
+    fn open(
+        path: PathBuf,
+        maintain_fingerprints: bool,
+        index: usize,
+    ) -> Result<ShardFile, StoreError> {
+        let opened = Opened::open(&path, maintain_fingerprints, index)?;
+        Ok(ShardFile {
+            path,
+            index,
             maintain_fingerprints,
             opened: std::sync::RwLock::new(Some(Arc::new(opened))),
             broken: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where this file sits in its store, as it records.
+    fn layout(&self) -> Result<ShardLayout, StoreError> {
+        self.with(|o| Ok(o.shard))
     }
 
     /// The open database, reopened first if an I/O error broke it.
@@ -634,7 +808,7 @@ impl RedbStore {
             self.broken.store(false, Ordering::Release);
         }
         if slot.is_none() {
-            let opened = Opened::open(&self.path, self.maintain_fingerprints)?;
+            let opened = Opened::open(&self.path, self.maintain_fingerprints, self.index)?;
             tracing::warn!(path = %self.path.display(), "reopened the store after an I/O error");
             *slot = Some(Arc::new(opened));
         }
@@ -653,26 +827,11 @@ impl RedbStore {
         }
         result
     }
-
-    /// Debugging and tests: flips one byte of the first chunk of the stored value of `id`,
-    /// leaving its version row and fingerprint alone, as bit rot on disk would. Returns
-    /// false when `id` has no value bytes (absent, a tombstone, or empty).
-    pub fn debug_corrupt_value(&self, id: &Id) -> Result<bool, StoreError> {
-        self.with(|o| o.debug_corrupt_value(id))
-    }
-
-    /// Debugging and tests: damages `fingerprints_v1` the ways a bad disk or a bug could —
-    /// every other row overwritten with garbage, one row deleted, one row invented for a
-    /// partition that holds nothing, the log lost — so that [`Store::rebuild_fingerprints`]
-    /// can be shown to restore it.
-    pub fn debug_damage_fingerprints(&self) -> Result<(), StoreError> {
-        self.with(Opened::debug_damage_fingerprints)
-    }
 }
 
 impl Store for RedbStore {
     fn lookup(&self, id: &Id) -> Result<Option<Record>, StoreError> {
-        self.with(|o| o.lookup(id))
+        self.shard(id).with(|o| o.lookup(id))
     }
 
     fn scan(
@@ -681,27 +840,77 @@ impl Store for RedbStore {
         after: Option<&Id>,
         limit: usize,
     ) -> Result<Vec<(Id, Record)>, StoreError> {
-        self.with(|o| o.scan(range, after, limit))
+        // Shards hold ascending slices of the id space: their scans, in order, are in order.
+        let from = self.shard_of(&after.map_or(range.start, |a| *a.max(&range.start)));
+        let mut out = Vec::new();
+        for shard in &self.shards[from..] {
+            if out.len() >= limit {
+                break;
+            }
+            let found = shard.with(|o| o.scan(range, after, limit - out.len()))?;
+            out.extend(found);
+        }
+        Ok(out)
     }
 
     fn put_batch(&self, items: &[PutItem<'_>]) -> Result<Vec<PutOutcome>, StoreError> {
-        self.with(|o| o.put_batch(items))
+        let mut mine: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
+        for (i, item) in items.iter().enumerate() {
+            mine[self.shard_of(&item.id)].push(i);
+        }
+        let busy: Vec<(usize, &Vec<usize>)> = mine
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !m.is_empty())
+            .collect();
+        if busy.len() <= 1 {
+            let Some(&(index, _)) = busy.first() else {
+                return Ok(Vec::new());
+            };
+            return self.shards[index].with(|o| o.put_batch(items));
+        }
+        // One transaction per shard, all at once: while one fsyncs, another writes pages.
+        let commit = |(index, positions): (usize, &Vec<usize>)| {
+            let part: Vec<PutItem<'_>> = positions.iter().map(|&i| items[i]).collect();
+            self.shards[index].with(|o| o.put_batch(&part))
+        };
+        let results: Vec<Result<Vec<PutOutcome>, StoreError>> = std::thread::scope(|scope| {
+            let (last, rest) = busy.split_last().expect("two or more");
+            let others: Vec<_> = rest
+                .iter()
+                .map(|&job| scope.spawn(move || commit(job)))
+                .collect();
+            let last = commit(*last);
+            let mut results: Vec<_> = others
+                .into_iter()
+                .map(|other| other.join().expect("a shard's commit panicked"))
+                .collect();
+            results.push(last);
+            results
+        });
+        let mut outcomes = vec![PutOutcome::Written; items.len()];
+        for ((_, positions), result) in busy.iter().zip(results) {
+            for (&i, outcome) in positions.iter().zip(result?) {
+                outcomes[i] = outcome;
+            }
+        }
+        Ok(outcomes)
     }
 
     fn begin_upload(&self, id: Id, version: Version) -> Result<Box<dyn Upload>, StoreError> {
-        self.with(|o| o.begin_upload(id, version))
+        self.shard(&id).with(|o| o.begin_upload(id, version))
     }
 
     fn open_value(&self, id: &Id) -> Result<Option<Box<dyn ValueReader>>, StoreError> {
-        self.with(|o| o.open_value(id))
+        self.shard(id).with(|o| o.open_value(id))
     }
 
     fn remove_exact(&self, id: &Id, version: &Version) -> Result<bool, StoreError> {
-        self.with(|o| o.remove_exact(id, version))
+        self.shard(id).with(|o| o.remove_exact(id, version))
     }
 
     fn mark_corrupt(&self, id: &Id, version: &Version) -> Result<bool, StoreError> {
-        self.with(|o| o.mark_corrupt(id, version))
+        self.shard(id).with(|o| o.mark_corrupt(id, version))
     }
 
     fn partition_fingerprints(
@@ -709,11 +918,23 @@ impl Store for RedbStore {
         first: u16,
         last: u16,
     ) -> Result<Vec<Fingerprint>, StoreError> {
-        self.with(|o| o.partition_fingerprints(first, last))
+        let mut out = Vec::new();
+        if first > last {
+            return Ok(out);
+        }
+        for index in shard_index(self.bits, first)..=shard_index(self.bits, last) {
+            let (lo, hi) = self.partitions_of(index);
+            let (lo, hi) = (lo.max(first), hi.min(last));
+            out.extend(self.shards[index].with(|o| o.partition_fingerprints(lo, hi))?);
+        }
+        Ok(out)
     }
 
     fn rebuild_fingerprints(&self) -> Result<(), StoreError> {
-        self.with(Opened::rebuild_fingerprints)
+        for shard in &self.shards {
+            shard.with(Opened::rebuild_fingerprints)?;
+        }
+        Ok(())
     }
 }
 
@@ -721,23 +942,38 @@ impl Store for RedbStore {
 pub const CACHE_BYTES: usize = 16 << 20;
 
 impl Opened {
-    fn open(path: &Path, maintain_fingerprints: bool) -> Result<Opened, StoreError> {
+    /// Opens the file of shard `index` (a new file records `index` of [`SHARDS`]).
+    fn open(path: &Path, maintain_fingerprints: bool, index: usize) -> Result<Opened, StoreError> {
         let open_error = |source: Box<dyn StdError + Send + Sync>| StoreError::Open {
             path: path.to_path_buf(),
             source,
         };
         // redb caches up to 1 GiB by default; a node's memory must stay bounded and small
-        // next to the values it moves, so the page cache is capped.
+        // next to the values it moves, so the page cache is capped (for all shards).
         let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
+            .set_cache_size(CACHE_BYTES / SHARDS)
             .create(path)
             .map_err(|e| open_error(Box::new(e)))?;
-        prepare(&db).map_err(open_error)?;
+        let created = ShardLayout {
+            index: index as u64,
+            count: SHARDS as u64,
+        };
+        let shard = match prepared(&db).map_err(open_error)? {
+            Some(shard) => shard,
+            None => prepare(&db, created).map_err(open_error)?,
+        };
+        if shard.index != index as u64 {
+            return Err(open_error(Box::new(LayoutError::Shard {
+                found: shard,
+                expected: created,
+            })));
+        }
         let mirror = Mirror::load(&db)?;
         Ok(Opened {
             db: Arc::new(db),
             maintain_fingerprints,
             mirror,
+            shard,
         })
     }
 
@@ -806,23 +1042,58 @@ impl Opened {
     }
 }
 
-/// Creates the tables, checks the schema, and discards unfinished uploads.
-fn prepare(db: &Database) -> Result<(), Box<dyn StdError + Send + Sync>> {
+/// Where the file sits in its store, if it needs nothing from [`prepare`]: its schema is
+/// current and no upload is left. Read-only, so a store reopened on a full disk (after an
+/// I/O error) can still serve reads.
+fn prepared(db: &Database) -> Result<Option<ShardLayout>, Box<dyn StdError + Send + Sync>> {
+    let txn = db.begin_read()?;
+    let (meta, uploads) = match (txn.open_table(META), txn.open_table(UPLOADS)) {
+        (Ok(meta), Ok(uploads)) => (meta, uploads),
+        (Err(redb::TableError::TableDoesNotExist(_)), _)
+        | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(None),
+        (Err(e), _) | (_, Err(e)) => return Err(Box::new(e)),
+    };
+    let read = |key| meta.get(key).map(|g| g.map(|g| g.value()));
+    if read(SCHEMA_KEY)? != Some(SCHEMA) || read(NEXT_GENERATION_KEY)?.is_none() {
+        return Ok(None);
+    }
+    if !uploads.is_empty()? {
+        return Ok(None);
+    }
+    Ok(ShardLayout::recorded(read(SHARD_KEY)?, read(SHARDS_KEY)?))
+}
+
+/// Creates the tables, checks the schema, and discards unfinished uploads; returns where
+/// the file sits in its store (`created` if the file is new).
+fn prepare(
+    db: &Database,
+    created: ShardLayout,
+) -> Result<ShardLayout, Box<dyn StdError + Send + Sync>> {
     let txn = db.begin_write()?;
+    let shard;
     {
         let mut meta = txn.open_table(META)?;
         let schema = meta.get(SCHEMA_KEY)?.map(|g| g.value());
         match schema {
             None => {
                 meta.insert(SCHEMA_KEY, SCHEMA)?;
+                meta.insert(SHARD_KEY, created.index)?;
+                meta.insert(SHARDS_KEY, created.count)?;
             }
             Some(SCHEMA) => {}
-            Some(1) => {
-                tracing::info!("upgrading the database from schema 1 to {SCHEMA}");
+            Some(old @ (1 | 2)) => {
+                // Before shards, a store was one file: it stays one shard.
+                tracing::info!("upgrading the database from schema {old} to {SCHEMA}");
                 meta.insert(SCHEMA_KEY, SCHEMA)?;
+                meta.insert(SHARD_KEY, 0)?;
+                meta.insert(SHARDS_KEY, 1)?;
             }
             Some(found) => return Err(Box::new(LayoutError::Schema { found })),
         }
+        let read = |key| meta.get(key).map(|g| g.map(|g| g.value()));
+        let (index, count) = (read(SHARD_KEY)?, read(SHARDS_KEY)?);
+        shard =
+            ShardLayout::recorded(index, count).ok_or(LayoutError::ShardKeys { index, count })?;
         if meta.get(NEXT_GENERATION_KEY)?.is_none() {
             meta.insert(NEXT_GENERATION_KEY, 1)?;
         }
@@ -848,7 +1119,7 @@ fn prepare(db: &Database) -> Result<(), Box<dyn StdError + Send + Sync>> {
         uploads.retain(|_, _| false)?;
     }
     txn.commit()?;
-    Ok(())
+    Ok(shard)
 }
 
 /// Takes the next `count` generations from `meta_v1`; returns the first.
@@ -1388,22 +1659,34 @@ impl ValueReader for RedbValueReader {
 mod tests {
     use super::*;
     use crate::store::conformance;
-    use redb::ReadableTableMetadata;
+
+    /// The open database of every shard.
+    fn files(store: &RedbStore) -> Vec<Arc<Opened>> {
+        store.shards.iter().map(|s| s.opened().unwrap()).collect()
+    }
 
     fn chunk_rows(store: &RedbStore) -> Vec<[u8; CHUNK_KEY_BYTES]> {
-        let txn = store.opened().unwrap().db.begin_read().expect("begin_read");
-        let chunks = txn.open_table(CHUNKS).expect("chunks table");
-        chunks
-            .iter()
-            .expect("iter")
-            .map(|row| *row.expect("row").0.value())
-            .collect()
+        let mut rows = Vec::new();
+        for file in files(store) {
+            let txn = file.db.begin_read().expect("begin_read");
+            let chunks = txn.open_table(CHUNKS).expect("chunks table");
+            rows.extend(
+                chunks
+                    .iter()
+                    .expect("iter")
+                    .map(|row| *row.expect("row").0.value()),
+            );
+        }
+        rows
     }
 
     fn upload_rows(store: &RedbStore) -> usize {
-        let txn = store.opened().unwrap().db.begin_read().expect("begin_read");
-        let uploads = txn.open_table(UPLOADS).expect("uploads table");
-        uploads.iter().expect("iter").count()
+        let count = |file: Arc<Opened>| {
+            let txn = file.db.begin_read().expect("begin_read");
+            let uploads = txn.open_table(UPLOADS).expect("uploads table");
+            uploads.iter().expect("iter").count()
+        };
+        files(store).into_iter().map(count).sum()
     }
 
     fn value(len: usize) -> Vec<u8> {
@@ -1547,6 +1830,7 @@ mod tests {
                 .expect("put_batch");
             // What a process killed mid-upload leaves: a recorded upload and staged chunks.
             let txn = store
+                .shard(&id)
                 .opened()
                 .unwrap()
                 .db
@@ -1577,16 +1861,20 @@ mod tests {
     }
 
     /// Entries in the log and rows in the table, read from the file.
-    fn log_and_table_rows(store: &RedbStore) -> (usize, usize) {
-        let txn = store.opened().unwrap().db.begin_read().expect("begin_read");
-        let log = txn.open_table(FINGERPRINT_LOG).expect("log");
-        let entries = log
-            .iter()
-            .expect("iter")
-            .map(|row| row.expect("row").1.value().len() / LOG_ENTRY_BYTES)
-            .sum();
-        let table = txn.open_table(FINGERPRINTS).expect("table");
-        (entries, table.len().expect("len") as usize)
+    /// Per shard.
+    fn log_and_table_rows(store: &RedbStore) -> Vec<(usize, usize)> {
+        let rows = |file: Arc<Opened>| {
+            let txn = file.db.begin_read().expect("begin_read");
+            let log = txn.open_table(FINGERPRINT_LOG).expect("log");
+            let entries = log
+                .iter()
+                .expect("iter")
+                .map(|row| row.expect("row").1.value().len() / LOG_ENTRY_BYTES)
+                .sum();
+            let table = txn.open_table(FINGERPRINTS).expect("table");
+            (entries, table.len().expect("len") as usize)
+        };
+        files(store).into_iter().map(rows).collect()
     }
 
     #[test]
@@ -1618,9 +1906,12 @@ mod tests {
             store.put_batch(&puts).expect("put_batch");
         };
         let rebuilt = |store: &RedbStore| {
-            let copy = dir.path().join("copy.redb");
-            std::fs::copy(store.path(), &copy).expect("copy");
-            let copy = RedbStore::open(&copy).expect("open copy");
+            let copies = dir.path().join("copy");
+            std::fs::create_dir_all(&copies).expect("mkdir");
+            for file in store.paths() {
+                std::fs::copy(&file, copies.join(file.file_name().expect("name"))).expect("copy");
+            }
+            let copy = RedbStore::open(&copies.join("s.redb")).expect("open copy");
             copy.rebuild_fingerprints().expect("rebuild");
             copy.partition_fingerprints(0, u16::MAX).expect("fps")
         };
@@ -1636,9 +1927,11 @@ mod tests {
                 }
                 round += 1;
             }
-            let (entries, rows) = log_and_table_rows(&store);
-            folded = rows > 0;
-            assert!(entries <= FOLD_AT, "{entries} entries in the log");
+            let shards = log_and_table_rows(&store);
+            folded = shards.iter().all(|&(_, rows)| rows > 0);
+            for (entries, _) in shards {
+                assert!(entries <= FOLD_AT, "{entries} entries in a shard's log");
+            }
             let fps = store.partition_fingerprints(0, u16::MAX).expect("fps");
             drop(store);
             let reopened = RedbStore::open(&path).expect("reopen");
@@ -1692,14 +1985,12 @@ mod tests {
         let store = RedbStore::open(&path).expect("open");
         // Pages in use (the file itself grows ahead of them).
         let allocated = |store: &RedbStore| {
-            let txn = store
-                .opened()
-                .unwrap()
-                .db
-                .begin_write()
-                .expect("begin_write");
-            let stats = txn.stats().expect("stats");
-            stats.allocated_pages() * stats.page_size() as u64
+            let pages = |file: Arc<Opened>| {
+                let txn = file.db.begin_write().expect("begin_write");
+                let stats = txn.stats().expect("stats");
+                stats.allocated_pages() * stats.page_size() as u64
+            };
+            files(store).into_iter().map(pages).sum::<u64>()
         };
         let before = allocated(&store);
         let count = 128u64;
@@ -1754,7 +2045,7 @@ mod tests {
         let path = dir.path().join("s.redb");
         {
             let store = RedbStore::open(&path).expect("open");
-            let txn = store
+            let txn = store.shards[0]
                 .opened()
                 .unwrap()
                 .db
@@ -1770,6 +2061,144 @@ mod tests {
             Err(StoreError::Open { path: p, source }) => {
                 assert_eq!(p, path);
                 assert!(source.to_string().contains("schema is 99"), "{source}");
+            }
+            other => panic!("expected an open error, got {other:?}"),
+        }
+    }
+
+    /// Records whose ids spread over the whole id space, with their 4-byte values.
+    fn spread(keys: std::ops::Range<u32>) -> Vec<(Id, Version, [u8; 4])> {
+        keys.map(|i| {
+            let value = i.to_be_bytes();
+            (Id::from_key(&value), Version::of_value(&value, 1, 0), value)
+        })
+        .collect()
+    }
+
+    fn put_spread(store: &dyn Store, records: &[(Id, Version, [u8; 4])]) {
+        let puts: Vec<PutItem<'_>> = records
+            .iter()
+            .map(|(id, version, value)| PutItem {
+                id: *id,
+                version: *version,
+                value,
+            })
+            .collect();
+        let outcomes = store.put_batch(&puts).expect("put_batch");
+        assert!(outcomes.iter().all(|o| *o == PutOutcome::Written));
+    }
+
+    #[test]
+    fn store_redb_shards_hold_their_slices_of_the_id_space() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let store = RedbStore::open(&path).expect("open");
+        assert_eq!(store.paths().len(), SHARDS);
+        assert_eq!(store.paths()[1], dir.path().join("s-1.redb"));
+        let records = spread(0..400);
+        put_spread(&store, &records);
+        // Each file holds exactly the ids of its slice, and a scan reads them in id order.
+        for (index, file) in files(&store).iter().enumerate() {
+            let held = file.scan(&IdRange::ALL, None, usize::MAX).expect("scan");
+            assert!(held.len() > 100, "shard {index} holds {}", held.len());
+            assert!(held.iter().all(|(id, _)| store.shard_of(id) == index));
+        }
+        let mut expected: Vec<Id> = records.iter().map(|(id, ..)| *id).collect();
+        expected.sort();
+        let scanned: Vec<Id> = store
+            .scan(&IdRange::ALL, None, usize::MAX)
+            .expect("scan")
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(scanned, expected);
+        // Pages of a scan that cross from one shard to the next lose nothing.
+        let mut paged = Vec::new();
+        loop {
+            let batch = store.scan(&IdRange::ALL, paged.last(), 7).expect("scan");
+            if batch.is_empty() {
+                break;
+            }
+            paged.extend(batch.into_iter().map(|(id, _)| id));
+        }
+        assert_eq!(paged, expected);
+        // Fingerprints across the boundary are each shard's own.
+        let fps = store
+            .partition_fingerprints(0, u16::MAX)
+            .expect("fingerprints");
+        assert_eq!(fps.len(), 1 << 16);
+        let (_, last_of_first) = store.partitions_of(0);
+        let mut own = files(&store)[0]
+            .partition_fingerprints(0, last_of_first)
+            .expect("first");
+        own.extend(
+            files(&store)[1]
+                .partition_fingerprints(last_of_first + 1, u16::MAX)
+                .expect("second"),
+        );
+        assert_eq!(fps, own);
+        assert!(fps.iter().filter(|f| **f != Fingerprint::EMPTY).count() > 300);
+    }
+
+    #[test]
+    fn store_redb_of_schema_2_opens_as_one_shard_with_everything_it_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let records = spread(0..100);
+        {
+            // A store written before shards: one file, every id, schema 2, no shard keys.
+            let file = Opened::open(&path, true, 0).expect("open");
+            put_spread(&file, &records);
+            let txn = file.db.begin_write().expect("begin_write");
+            {
+                let mut meta = txn.open_table(META).expect("meta");
+                meta.insert(SCHEMA_KEY, 2).expect("insert");
+                meta.remove(SHARD_KEY).expect("remove");
+                meta.remove(SHARDS_KEY).expect("remove");
+            }
+            txn.commit().expect("commit");
+        }
+        let store = RedbStore::open(&path).expect("open");
+        assert_eq!(store.paths(), vec![path.clone()]);
+        assert!(!dir.path().join("s-1.redb").exists());
+        for (id, version, _) in &records {
+            assert_eq!(
+                store.lookup(id).expect("lookup").map(|r| r.version),
+                Some(*version)
+            );
+        }
+        let fps = store
+            .partition_fingerprints(0, u16::MAX)
+            .expect("fingerprints");
+        assert!(fps.iter().filter(|f| **f != Fingerprint::EMPTY).count() > 90);
+        // And later writes anywhere in the id space go to that one file.
+        put_spread(&store, &spread(100..150));
+        drop(store);
+        let store = RedbStore::open(&path).expect("reopen");
+        assert_eq!(
+            store
+                .scan(&IdRange::ALL, None, usize::MAX)
+                .expect("scan")
+                .len(),
+            150
+        );
+    }
+
+    #[test]
+    fn store_redb_refuses_mixed_up_shard_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        drop(RedbStore::open(&path).expect("open"));
+        let second = dir.path().join("s-1.redb");
+        std::fs::copy(&path, &second).expect("copy");
+        match RedbStore::open(&path) {
+            Err(StoreError::Open { path: p, source }) => {
+                assert_eq!(p, second);
+                let message = source.to_string();
+                assert!(
+                    message.contains("is shard 0 of 2, expected shard 1 of 2"),
+                    "{message}"
+                );
             }
             other => panic!("expected an open error, got {other:?}"),
         }
