@@ -1126,14 +1126,7 @@ pub fn check_history(store: &dyn Store, history: &[Op]) {
                         (history_id(w.key), v, sent)
                     })
                     .collect();
-                let items: Vec<PutItem<'_>> = prepared
-                    .iter()
-                    .map(|(id, version, value)| PutItem {
-                        id: *id,
-                        version: *version,
-                        value,
-                    })
-                    .collect();
+                let items = PutItem::each(&prepared);
                 let want: Vec<PutOutcome> = prepared
                     .iter()
                     .map(|(id, v, sent)| model_put(&mut model, *id, *v, sent))

@@ -104,6 +104,20 @@ pub struct PutItem<'a> {
     pub value: &'a [u8],
 }
 
+impl<'a> PutItem<'a> {
+    /// An item for each `(id, version, value)` of `records`, borrowing the values.
+    pub fn each<V: AsRef<[u8]>>(records: &'a [(Id, Version, V)]) -> Vec<PutItem<'a>> {
+        records
+            .iter()
+            .map(|(id, version, value)| PutItem {
+                id: *id,
+                version: *version,
+                value: value.as_ref(),
+            })
+            .collect()
+    }
+}
+
 /// The outcome of one write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub enum PutOutcome {

@@ -2076,15 +2076,7 @@ mod tests {
     }
 
     fn put_spread(store: &dyn Store, records: &[(Id, Version, [u8; 4])]) {
-        let puts: Vec<PutItem<'_>> = records
-            .iter()
-            .map(|(id, version, value)| PutItem {
-                id: *id,
-                version: *version,
-                value,
-            })
-            .collect();
-        let outcomes = store.put_batch(&puts).expect("put_batch");
+        let outcomes = store.put_batch(&PutItem::each(records)).expect("put_batch");
         assert!(outcomes.iter().all(|o| *o == PutOutcome::Written));
     }
 
