@@ -55,100 +55,74 @@ pub enum NodeError {
     },
 }
 
-/// Group commit: concurrent write batches are coalesced by a writer thread into a single
+/// Group commit: concurrent write batches are coalesced by one writer thread into a single
 /// store call (one transaction per shard, up to these bounds), which amortizes redb's commit and page writes.
 /// Random ids make nearly every object dirty its own page of the version index until a
 /// commit holds about as many objects as the index has leaf pages (some 34,000 at a million
 /// keys), so large commits write far fewer pages per object: the store alone wrote 49k
 /// objects/s in commits of 16,384 and 61k in commits of 65,536 (`write_throughput`), and
 /// `mend load` went from 86k to 104k objects/s when these bounds went from 64 Ki objects /
-/// 64 MiB to 128 Ki / 128 MiB. The price is up to this many bytes of values held by each
+/// 64 MiB to 128 Ki / 128 MiB. The price is up to this many bytes of values held by the
 /// writer while it commits.
 const COALESCE_ITEMS: usize = 128 * 1024;
 const COALESCE_BYTES: usize = 128 << 20;
 
-/// A write batch waiting for a writer thread, with where to send its outcomes.
+/// A write batch waiting for the writer thread, with where to send its outcomes.
 type PendingBatch = (
     Vec<crate::wire::BatchItem>,
     tokio::sync::oneshot::Sender<Result<Vec<crate::store::PutOutcome>, String>>,
 );
 
-/// Writer threads per store: while one waits for its commits' fsyncs, the other writes the
-/// pages of the next group into whichever shard is free (each shard of a [`RedbStore`]
-/// commits on its own). With one writer, a 2 GiB bulk copy ran at 114-208 MB/s; with two
-/// over two shards, faster in 7 of 8 alternating pairs of runs, by 6 % on average.
-///
-/// [`RedbStore`]: crate::store::RedbStore
-const WRITERS: usize = 2;
-
-/// Starts the writer threads of `store`; they end when every sender is gone.
+/// Starts the writer thread of `store`; it ends when every sender is gone.
 fn start_writer(store: Arc<dyn Store>, node: &str) -> std::sync::mpsc::SyncSender<PendingBatch> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<PendingBatch>(MAX_IN_FLIGHT);
-    let rx = Arc::new(std::sync::Mutex::new(rx));
-    for n in 0..WRITERS {
-        let (store, rx) = (Arc::clone(&store), Arc::clone(&rx));
-        std::thread::Builder::new()
-            .name(format!("mend-writer-{node}-{n}"))
-            .spawn(move || {
-                while let Some(group) = next_group(&rx) {
-                    commit_group(&*store, group);
+    let name = format!("mend-writer-{node}");
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut group = vec![first];
+                let (mut items, mut bytes) = (
+                    group[0].0.len(),
+                    group[0].0.iter().map(|i| i.value.len()).sum::<usize>(),
+                );
+                while items < COALESCE_ITEMS && bytes < COALESCE_BYTES {
+                    match rx.try_recv() {
+                        Ok(next) => {
+                            items += next.0.len();
+                            bytes += next.0.iter().map(|i| i.value.len()).sum::<usize>();
+                            group.push(next);
+                        }
+                        Err(_) => break,
+                    }
                 }
-            })
-            .expect("spawn a writer thread");
-    }
+                let all: Vec<PutItem<'_>> = group
+                    .iter()
+                    .flat_map(|(batch, _)| {
+                        batch.iter().map(|i| PutItem {
+                            id: i.id,
+                            version: i.version,
+                            value: &i.value,
+                        })
+                    })
+                    .collect();
+                let result = store.put_batch(&all).map_err(|e| e.to_string());
+                drop(all);
+                let mut outcomes = result.map(Vec::into_iter);
+                for (batch, reply) in group {
+                    let mine = match &mut outcomes {
+                        Ok(it) => Ok(it.by_ref().take(batch.len()).collect()),
+                        Err(e) => Err(e.clone()),
+                    };
+                    let _ = reply.send(mine);
+                }
+            }
+        })
+        .expect("spawn the writer thread");
     tx
 }
 
-/// The next batch to write and those waiting behind it, up to the coalescing bounds; `None`
-/// once every sender is gone.
-fn next_group(
-    rx: &std::sync::Mutex<std::sync::mpsc::Receiver<PendingBatch>>,
-) -> Option<Vec<PendingBatch>> {
-    let rx = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let first = rx.recv().ok()?;
-    let mut group = vec![first];
-    let (mut items, mut bytes) = (
-        group[0].0.len(),
-        group[0].0.iter().map(|i| i.value.len()).sum::<usize>(),
-    );
-    while items < COALESCE_ITEMS && bytes < COALESCE_BYTES {
-        match rx.try_recv() {
-            Ok(next) => {
-                items += next.0.len();
-                bytes += next.0.iter().map(|i| i.value.len()).sum::<usize>();
-                group.push(next);
-            }
-            Err(_) => break,
-        }
-    }
-    Some(group)
-}
-
-/// Writes a group of batches in one call to the store and answers each batch.
-fn commit_group(store: &dyn Store, group: Vec<PendingBatch>) {
-    let all: Vec<PutItem<'_>> = group
-        .iter()
-        .flat_map(|(batch, _)| {
-            batch.iter().map(|i| PutItem {
-                id: i.id,
-                version: i.version,
-                value: &i.value,
-            })
-        })
-        .collect();
-    let result = store.put_batch(&all).map_err(|e| e.to_string());
-    drop(all);
-    let mut outcomes = result.map(Vec::into_iter);
-    for (batch, reply) in group {
-        let mine = match &mut outcomes {
-            Ok(it) => Ok(it.by_ref().take(batch.len()).collect()),
-            Err(e) => Err(e.clone()),
-        };
-        let _ = reply.send(mine);
-    }
-}
-
-/// Hands `items` to the writer threads and waits for their outcomes.
+/// Hands `items` to the writer thread and waits for their outcomes.
 async fn group_commit(
     writer: &std::sync::mpsc::SyncSender<PendingBatch>,
     items: Vec<crate::wire::BatchItem>,
@@ -989,7 +963,7 @@ async fn write_value(
     let outcome = if version.size <= wire::SMALL_VALUE {
         let mut value = vec![0u8; version.size as usize];
         read_exact(recv, &mut value).await?;
-        // Through the writer threads: concurrent small writes (a recovery run's copies)
+        // Through the writer thread: concurrent small writes (a recovery run's copies)
         // share one transaction and one fsync.
         let item = crate::wire::BatchItem { id, version, value };
         group_commit(writer, vec![item]).await?.remove(0)
