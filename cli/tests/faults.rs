@@ -1256,11 +1256,13 @@ fn full_disk(test: &str, disk: SmallDisk) {
     );
     let stats = dc_stats(&end);
     assert!(stats["failed"].as_u64().unwrap() > 0, "{stats}");
-    let mut limited_node = nodes.procs.remove("g2n1").unwrap();
+    // The node stays in `nodes`, so that it is killed however this test ends.
+    let limited_node = nodes.procs.get_mut("g2n1").unwrap();
     assert!(
         limited_node.try_wait().unwrap().is_none(),
         "the node survives its full disk"
     );
+    let limited_pid = limited_node.id();
     // Nothing lost: every replica holds what it held before or the model's version.
     for ((key, was), now) in keys.iter().zip(&before).zip(c.records(&[1, 2], &keys)) {
         for g in 0..2 {
@@ -1283,12 +1285,11 @@ fn full_disk(test: &str, disk: SmallDisk) {
             .status(),
         None => Command::new("prlimit")
             .arg("--pid")
-            .arg(limited_node.id().to_string())
+            .arg(limited_pid.to_string())
             .arg("--fsize=unlimited:")
             .status(),
     };
     assert!(room.is_ok_and(|s| s.success()), "cannot give the node room");
-    nodes.procs.insert("g2n1".into(), limited_node);
     let end = run_to_end(
         &c.path(),
         c.dir.path(),
