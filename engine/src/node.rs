@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -157,6 +158,9 @@ struct NodeState {
     /// Pushes handled at once: each holds up to [`wire::MAX_PUSH_BYTES`] of values.
     pushing: Semaphore,
     options: NodeOptions,
+    /// Connections past their handshake, and request streams accepted, since the start.
+    connections: AtomicU64,
+    streams: AtomicU64,
 }
 
 /// How a node treats its peers, beyond what the cluster dir says.
@@ -191,9 +195,32 @@ pub struct RunningNode {
     pub addr: SocketAddr,
     endpoint: quinn::Endpoint,
     task: tokio::task::JoinHandle<()>,
+    state: Arc<NodeState>,
+}
+
+/// What a node has taken in so far: for a caller (a test) that must know the node has
+/// seen what a peer sent before it looks at what that cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// Connections that completed the QUIC handshake, since the node started (each then
+    /// waits for its Hello).
+    pub connections: u64,
+    /// Request streams accepted after a Hello, since the node started.
+    pub streams: u64,
+    /// Requests holding one of the [`MAX_IN_FLIGHT`] slots now.
+    pub requests: usize,
 }
 
 impl RunningNode {
+    /// What the node has taken in so far.
+    pub fn activity(&self) -> Activity {
+        Activity {
+            connections: self.state.connections.load(Ordering::Relaxed),
+            streams: self.state.streams.load(Ordering::Relaxed),
+            requests: MAX_IN_FLIGHT - self.state.in_flight.available_permits(),
+        }
+    }
+
     /// Stops accepting, closes connections, and waits until the accept loop is done.
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"node shutting down");
@@ -264,14 +291,17 @@ pub async fn start_with(
         peers: transport::Pool::new(transport::client_endpoint(&creds)?),
         pushing: Semaphore::new(PUSHES_AT_ONCE),
         options,
+        connections: AtomicU64::new(0),
+        streams: AtomicU64::new(0),
     });
-    let task = tokio::spawn(accept_loop(endpoint.clone(), state));
+    let task = tokio::spawn(accept_loop(endpoint.clone(), state.clone()));
     info!(node = id, %addr, "node serving");
     Ok(RunningNode {
         id: id.to_string(),
         addr,
         endpoint,
         task,
+        state,
     })
 }
 
@@ -331,6 +361,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<NodeState>) {
 
 async fn serve_connection(conn: quinn::Connection, state: Arc<NodeState>) {
     let remote = conn.remote_address();
+    state.connections.fetch_add(1, Ordering::Relaxed);
     let epoch = state.route.lock().expect("route lock").0.epoch;
     if let Err(e) = transport::accept_hello(&conn, &state.id, state.group, epoch).await {
         warn!(%remote, "handshake failed: {e}");
@@ -350,6 +381,7 @@ async fn serve_connection(conn: quinn::Connection, state: Arc<NodeState>) {
                 return;
             }
         };
+        state.streams.fetch_add(1, Ordering::Relaxed);
         let state = state.clone();
         tokio::spawn(async move {
             let Ok(_permit) = state.in_flight.clone().acquire_owned().await else {

@@ -31,7 +31,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use mend_engine::node::MAX_IN_FLIGHT;
+use mend_engine::node::{Activity, RunningNode, MAX_IN_FLIGHT};
 use mend_engine::pki::Credentials;
 use mend_engine::reconcile::{CompareAsk, ItemHashes, Located};
 use mend_engine::route::RouteList;
@@ -53,10 +53,6 @@ const MIB: usize = 1 << 20;
 const ATTACK: &str = "MEND_ALLOC_ATTACK";
 const CLUSTER: &str = "MEND_ALLOC_CLUSTER";
 const ADDR: &str = "MEND_ALLOC_ADDR";
-
-/// How long the node gets, after the attacker says it is done, to do whatever the attack
-/// makes it do (allocations happen as frames arrive; this only lets the last ones land).
-const SETTLE: Duration = Duration::from_millis(300);
 
 /// QUIC's per-connection receive window (see `transport_config`): data the node's QUIC
 /// stack may buffer for one connection before the node reads it.
@@ -94,16 +90,32 @@ async fn served(peer: &Peer, key: &[u8]) {
     }
 }
 
+/// Whether the node has taken in the whole attack: its activity at the start and now.
+type Seen = fn(&Activity, &Activity) -> bool;
+
+/// For attacks whose every frame the node answers: the attacker's "done" comes after the
+/// answers, so the node has seen it all.
+fn answered(_: &Activity, _: &Activity) -> bool {
+    true
+}
+
 /// Runs the attack `name` from a child process against a fresh node and returns the peak
 /// growth of the node's allocations while it ran; checks the honest client is served
 /// afterwards and the memory comes back.
-fn measure(name: &str) -> usize {
+///
+/// No timing is assumed: once the attacker says it is done, the node's [`Activity`] must
+/// show it took in the whole attack (`seen`); the attacker then leaves, and the peak is
+/// read once the honest client has been served again, when whatever the attack could make
+/// the node allocate has been allocated (the peak only grows).
+fn measure(name: &str, seen: Seen) -> usize {
     let _serial = serial();
     runtime().block_on(async {
         let (dir, node) = support::one_node("alloc").await;
         let peer = support::connect(dir.path(), node.addr).await;
         served(&peer, b"before").await;
-        tokio::time::sleep(SETTLE).await;
+        // The honest request's stream has let go of its slot.
+        wait_for(&node, "the honest request to end", |a| a.requests == 0).await;
+        let start = node.activity();
 
         ALLOC.reset_peak_usage();
         let base = ALLOC.current_usage();
@@ -132,8 +144,10 @@ fn measure(name: &str) -> usize {
         .await
         .expect("the attacker did not finish in time");
         assert_eq!(ready, "done", "attack {name}");
-        tokio::time::sleep(SETTLE).await;
-        let growth = ALLOC.peak_usage().saturating_sub(base);
+        wait_for(&node, "the node to take in the attack", |now| {
+            seen(&start, now)
+        })
+        .await;
 
         // The attacker leaves: its connections close.
         drop(child.stdin.take());
@@ -142,6 +156,7 @@ fn measure(name: &str) -> usize {
 
         // The honest client is served, and the memory comes back.
         served(&peer, b"after").await;
+        let growth = ALLOC.peak_usage().saturating_sub(base);
         let mut left = ALLOC.current_usage().saturating_sub(base);
         for _ in 0..50 {
             if left < 8 * MIB {
@@ -164,6 +179,23 @@ fn measure(name: &str) -> usize {
     })
 }
 
+/// Waits until the node's activity satisfies `done` (it changes as the node takes in what
+/// peers send; there is nothing to be notified of).
+async fn wait_for(node: &RunningNode, what: &str, done: impl Fn(&Activity) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = node.activity();
+        if done(&now) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited a minute for {what}; the node's activity: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 fn assert_within(name: &str, growth: usize, bound: usize) {
     assert!(
         growth <= bound,
@@ -183,7 +215,12 @@ fn assert_within(name: &str, growth: usize, bound: usize) {
 /// attacker has gone. A member can stall a node that way; it cannot make it allocate.
 #[test]
 fn stalled_length_prefixes_cost_nothing_per_stream() {
-    let growth = measure("stalled");
+    // Every stream and connection of the attack accepted, and the slots all taken.
+    let growth = measure("stalled", |start, now| {
+        now.streams - start.streams >= STALLED_STREAMS as u64
+            && now.connections - start.connections >= (1 + HELLO_STALLS) as u64
+            && now.requests == MAX_IN_FLIGHT
+    });
     // The connections themselves (the attacker's 17, the honest one) and nothing per stream.
     assert_within(
         "stalled",
@@ -193,6 +230,8 @@ fn stalled_length_prefixes_cost_nothing_per_stream() {
 }
 
 const STALLED_CONNECTIONS: usize = 1 + HELLO_STALLS + 1;
+/// Streams stalled on the attacker's one request connection.
+const STALLED_STREAMS: usize = 2 * MAX_IN_FLIGHT - 1;
 const HELLO_STALLS: usize = 16;
 
 /// Small frames whose bincode length fields claim containers of up to a whole frame (a
@@ -201,7 +240,7 @@ const HELLO_STALLS: usize = 16;
 /// refused; the claims cannot make the node allocate for them.
 #[test]
 fn lying_length_fields_are_refused_without_allocating_what_they_claim() {
-    let growth = measure("lying");
+    let growth = measure("lying", answered);
     // Without the per-frame claim budget each of these allocated up to MAX_FRAME while it
     // was decoded: with two runtime threads decoding, 2 × 8 MiB and more at once.
     assert_within(
@@ -219,7 +258,7 @@ const LYING_HELLOS: usize = 8;
 /// (refused before a byte of it is read).
 #[test]
 fn whole_frames_at_the_limit_cost_at_most_their_size_per_stream() {
-    let growth = measure("full");
+    let growth = measure("full", answered);
     // Per stream: the payload, grown as it arrives (the last doubling holds the old and
     // the new buffer: 1.5 × MAX_FRAME), then the ids it decodes to (MAX_FRAME) while the
     // payload is still held; plus QUIC's buffer of the connection.
@@ -233,7 +272,7 @@ const FULL_STREAMS: usize = 8;
 /// connection waiting for its next stream holds no request permit.
 #[test]
 fn idle_connections_do_not_starve_new_ones() {
-    let growth = measure("idle");
+    let growth = measure("idle", answered);
     assert_within(
         "idle",
         growth,
@@ -340,7 +379,7 @@ async fn stalled(ep: &quinn::Endpoint, addr: SocketAddr) -> Result<Held, String>
     let mut held: Held = Vec::new();
     let prefix = (MAX_FRAME as u32).to_be_bytes();
     let hostile = Peer::connect(ep, addr).await.map_err(|e| e.to_string())?;
-    for _ in 0..2 * MAX_IN_FLIGHT - 1 {
+    for _ in 0..STALLED_STREAMS {
         let (mut send, recv) = hostile.conn.open_bi().await.map_err(|e| e.to_string())?;
         send.write_all(&prefix).await.map_err(|e| e.to_string())?;
         held.push(Box::new((send, recv)));
