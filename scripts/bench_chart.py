@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def colour(tool):
+    if tool.startswith("disk"):
+        return "#969696"
     if tool.startswith("mend verify --full-scan"):
         return "#9ecae1"
     if tool.startswith("mend"):
@@ -30,7 +32,8 @@ def colour(tool):
 def short(tool):
     return (tool.replace(" (TCP_NODELAY)", "").replace("(default sockets)", "(no NODELAY)")
             .replace(" (redb: fsync)", "").replace(" -a --delete", "")
-            .replace(" fingerprints", "").replace("-byte ids", " B ids"))
+            .replace(" fingerprints", "").replace("-byte ids", " B ids")
+            .replace("disk: dd conv=fdatasync", "disk (dd, fdatasync)"))
 
 
 def grouped(ax, groups, value, ylabel, log=True, label_fmt=None):
