@@ -57,7 +57,8 @@ pub enum NodeError {
 }
 
 /// Group commit: concurrent write batches are coalesced by one writer thread into a single
-/// store call (one transaction per shard, up to these bounds), which amortizes redb's commit and page writes.
+/// store call (one transaction per shard, up to these bounds), which amortizes redb's commit
+/// and page writes.
 /// Random ids make nearly every object dirty its own page of the version index until a
 /// commit holds about as many objects as the index has leaf pages (some 34,000 at a million
 /// keys), so large commits write far fewer pages per object: the store alone wrote 49k

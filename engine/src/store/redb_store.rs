@@ -1042,6 +1042,14 @@ impl Opened {
     }
 }
 
+/// The value of `key` in `meta_v1`.
+fn meta_value(
+    meta: &impl ReadableTable<&'static str, u64>,
+    key: &str,
+) -> Result<Option<u64>, redb::StorageError> {
+    Ok(meta.get(key)?.map(|g| g.value()))
+}
+
 /// Where the file sits in its store, if it needs nothing from [`prepare`]: its schema is
 /// current and no upload is left. Read-only, so a store reopened on a full disk (after an
 /// I/O error) can still serve reads.
@@ -1053,7 +1061,7 @@ fn prepared(db: &Database) -> Result<Option<ShardLayout>, Box<dyn StdError + Sen
         | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(None),
         (Err(e), _) | (_, Err(e)) => return Err(Box::new(e)),
     };
-    let read = |key| meta.get(key).map(|g| g.map(|g| g.value()));
+    let read = |key| meta_value(&meta, key);
     if read(SCHEMA_KEY)? != Some(SCHEMA) || read(NEXT_GENERATION_KEY)?.is_none() {
         return Ok(None);
     }
@@ -1073,8 +1081,7 @@ fn prepare(
     let shard;
     {
         let mut meta = txn.open_table(META)?;
-        let schema = meta.get(SCHEMA_KEY)?.map(|g| g.value());
-        match schema {
+        match meta_value(&meta, SCHEMA_KEY)? {
             None => {
                 meta.insert(SCHEMA_KEY, SCHEMA)?;
                 meta.insert(SHARD_KEY, created.index)?;
@@ -1090,11 +1097,13 @@ fn prepare(
             }
             Some(found) => return Err(Box::new(LayoutError::Schema { found })),
         }
-        let read = |key| meta.get(key).map(|g| g.map(|g| g.value()));
-        let (index, count) = (read(SHARD_KEY)?, read(SHARDS_KEY)?);
+        let (index, count) = (
+            meta_value(&meta, SHARD_KEY)?,
+            meta_value(&meta, SHARDS_KEY)?,
+        );
         shard =
             ShardLayout::recorded(index, count).ok_or(LayoutError::ShardKeys { index, count })?;
-        if meta.get(NEXT_GENERATION_KEY)?.is_none() {
+        if meta_value(&meta, NEXT_GENERATION_KEY)?.is_none() {
             meta.insert(NEXT_GENERATION_KEY, 1)?;
         }
         txn.open_table(VERSIONS)?;
@@ -1128,10 +1137,9 @@ fn allocate_generations(
     count: u64,
     op: &'static str,
 ) -> Result<u64, StoreError> {
-    let first = meta
-        .get(NEXT_GENERATION_KEY)
+    let first = meta_value(meta, NEXT_GENERATION_KEY)
         .during(op)?
-        .map_or(1, |g| g.value());
+        .unwrap_or(1);
     if count > 0 {
         meta.insert(NEXT_GENERATION_KEY, first + count).during(op)?;
     }
