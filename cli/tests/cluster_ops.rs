@@ -222,6 +222,37 @@ fn sigterm_shuts_nodes_down_cleanly() {
 }
 
 #[test]
+fn a_node_whose_data_dir_lost_a_store_file_refuses_to_start_and_names_it() {
+    let mut c = Cluster::start(1, 1);
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    for key in &keys {
+        c.ok(&["put", "-g", "1", key, "--value", "v"]);
+    }
+    assert!(c.stop().success());
+    let data = c.path().join("data").join("g1n1");
+    let (lost, kept) = (data.join("store-1.redb"), c.dir.path().join("kept"));
+    std::fs::rename(&lost, &kept).unwrap();
+    let out = c.run(&["node", "--all"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&lost.display().to_string()) && err.contains("store.redb holds objects"),
+        "{err}"
+    );
+    assert!(
+        !lost.exists(),
+        "the refused start created {}",
+        lost.display()
+    );
+    // Restored, the node starts with everything it held.
+    std::fs::rename(&kept, &lost).unwrap();
+    c.start_nodes(1);
+    for key in &keys {
+        assert_eq!(c.ok(&["get", "-g", "1", key]), "v", "{key}");
+    }
+}
+
+#[test]
 fn bad_input_is_a_one_line_error_with_exit_2() {
     let c = Cluster::start(2, 1);
     // Unknown group.

@@ -149,6 +149,17 @@ enum LayoutError {
         /// What its name and the store's first file say.
         expected: ShardLayout,
     },
+    /// A file of the store is gone while another still holds objects: opening would start
+    /// its slice of the id space empty and hide the loss.
+    #[error(
+        "this file of the store is missing while {} holds objects; restore it, or move the \
+         data dir aside to start the node empty and let `mend dc` refill it",
+        holder.display()
+    )]
+    Missing {
+        /// A file of the same store that holds objects.
+        holder: PathBuf,
+    },
 }
 
 /// An upload was used after one of its writes failed.
@@ -691,11 +702,26 @@ impl RedbStore {
     }
 
     fn open_with(path: &Path, maintain_fingerprints: bool) -> Result<RedbStore, StoreError> {
+        // A missing file is created only where the store holds nothing it could have lost
+        // (a new store, or a crash between creating its first file and the rest); checked
+        // before anything is created, so that a refusal leaves the data dir as it was.
+        if !exists(path)? {
+            for index in 1..SHARDS {
+                let other = shard_path(path, index);
+                if exists(&other)? && holds_objects(&other)? {
+                    return Err(missing(path, other));
+                }
+            }
+        }
         let first = ShardFile::open(path.to_path_buf(), maintain_fingerprints, 0)?;
         let count = first.layout()?.count;
         let mut shards = vec![first];
         for index in 1..count as usize {
-            let shard = ShardFile::open(shard_path(path, index), maintain_fingerprints, index)?;
+            let file = shard_path(path, index);
+            if !exists(&file)? && shards[0].with(|o| o.holds_objects())? {
+                return Err(missing(&file, path.to_path_buf()));
+            }
+            let shard = ShardFile::open(file, maintain_fingerprints, index)?;
             let found = shard.layout()?;
             if found.count != count {
                 return Err(StoreError::Open {
@@ -760,6 +786,42 @@ impl RedbStore {
             shard.with(Opened::debug_damage_fingerprints)?;
         }
         Ok(())
+    }
+}
+
+/// Whether the file at `path` exists (an error if that cannot be told).
+fn exists(path: &Path) -> Result<bool, StoreError> {
+    path.try_exists().map_err(|e| StoreError::Open {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })
+}
+
+/// Whether the database file at `path` (which exists) holds any object; read-only.
+fn holds_objects(path: &Path) -> Result<bool, StoreError> {
+    let open_error = |source: Box<dyn StdError + Send + Sync>| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let db = Database::open(path).map_err(|e| open_error(Box::new(e)))?;
+    versions_held(&db).map_err(|e| open_error(Box::new(e)))
+}
+
+/// The refusal to open a store whose file `path` is gone while `holder` holds objects.
+fn missing(path: &Path, holder: PathBuf) -> StoreError {
+    StoreError::Open {
+        path: path.to_path_buf(),
+        source: Box::new(LayoutError::Missing { holder }),
+    }
+}
+
+/// Whether `db`'s `versions_v1` holds a row (a file without the table holds none).
+fn versions_held(db: &Database) -> Result<bool, redb::Error> {
+    let txn = db.begin_read()?;
+    match txn.open_table(VERSIONS) {
+        Ok(versions) => Ok(!versions.is_empty()?),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -975,6 +1037,11 @@ impl Opened {
             mirror,
             shard,
         })
+    }
+
+    /// Whether the file holds any object (a version row, tombstones included).
+    fn holds_objects(&self) -> Result<bool, StoreError> {
+        versions_held(&self.db).during("open: look for objects")
     }
 
     fn debug_corrupt_value(&self, id: &Id) -> Result<bool, StoreError> {
@@ -2202,6 +2269,55 @@ mod tests {
             }
             other => panic!("expected an open error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn store_redb_refuses_a_store_with_a_file_missing_and_creates_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (first, second) = (dir.path().join("s.redb"), dir.path().join("s-1.redb"));
+        put_spread(&RedbStore::open(&first).expect("open"), &spread(0..100));
+        let kept = dir.path().join("kept");
+        for (lost, holder) in [(&second, &first), (&first, &second)] {
+            std::fs::rename(lost, &kept).expect("lose a file");
+            match RedbStore::open(&first) {
+                Err(StoreError::Open { path, source }) => {
+                    assert_eq!(&path, lost);
+                    let message = source.to_string();
+                    let expected = format!("missing while {} holds objects", holder.display());
+                    assert!(message.contains(&expected), "{message}");
+                }
+                other => panic!("expected an open error, got {other:?}"),
+            }
+            assert!(!lost.exists(), "the refusal created {}", lost.display());
+            std::fs::rename(&kept, lost).expect("restore the file");
+        }
+        let store = RedbStore::open(&first).expect("open restored");
+        assert_eq!(
+            store
+                .scan(&IdRange::ALL, None, usize::MAX)
+                .expect("scan")
+                .len(),
+            100
+        );
+    }
+
+    #[test]
+    fn store_redb_creates_a_missing_file_of_a_store_that_holds_nothing() {
+        // A crash between creating a store's first file and its second leaves this.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (first, second) = (dir.path().join("s.redb"), dir.path().join("s-1.redb"));
+        drop(RedbStore::open(&first).expect("open"));
+        std::fs::remove_file(&second).expect("remove");
+        let store = RedbStore::open(&first).expect("reopen");
+        assert_eq!(store.paths(), vec![first.clone(), second.clone()]);
+        put_spread(&store, &spread(0..50));
+        drop(store);
+        // And the other way round: only the second file, empty.
+        std::fs::remove_file(&first).expect("remove");
+        std::fs::remove_file(&second).expect("remove");
+        drop(RedbStore::open(&first).expect("new"));
+        std::fs::remove_file(&first).expect("remove");
+        assert!(RedbStore::open(&first).is_ok());
     }
 
     #[test]
