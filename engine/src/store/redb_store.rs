@@ -709,7 +709,7 @@ impl RedbStore {
             for index in 1..SHARDS {
                 let other = shard_path(path, index);
                 if exists(&other)? && holds_objects(&other)? {
-                    return Err(missing(path, other));
+                    return Err(open_error(path, LayoutError::Missing { holder: other }));
                 }
             }
         }
@@ -719,21 +719,20 @@ impl RedbStore {
         for index in 1..count as usize {
             let file = shard_path(path, index);
             if !exists(&file)? && shards[0].with(|o| o.holds_objects())? {
-                return Err(missing(&file, path.to_path_buf()));
+                let holder = path.to_path_buf();
+                return Err(open_error(&file, LayoutError::Missing { holder }));
             }
             let shard = ShardFile::open(file, maintain_fingerprints, index)?;
             let found = shard.layout()?;
             if found.count != count {
-                return Err(StoreError::Open {
-                    path: shard.path.clone(),
-                    source: Box::new(LayoutError::Shard {
-                        found,
-                        expected: ShardLayout {
-                            index: index as u64,
-                            count,
-                        },
-                    }),
-                });
+                let expected = ShardLayout {
+                    index: index as u64,
+                    count,
+                };
+                return Err(open_error(
+                    &shard.path,
+                    LayoutError::Shard { found, expected },
+                ));
             }
             shards.push(shard);
         }
@@ -789,30 +788,24 @@ impl RedbStore {
     }
 }
 
-/// Whether the file at `path` exists (an error if that cannot be told).
-fn exists(path: &Path) -> Result<bool, StoreError> {
-    path.try_exists().map_err(|e| StoreError::Open {
-        path: path.to_path_buf(),
-        source: Box::new(e),
-    })
-}
-
-/// Whether the database file at `path` (which exists) holds any object; read-only.
-fn holds_objects(path: &Path) -> Result<bool, StoreError> {
-    let open_error = |source: Box<dyn StdError + Send + Sync>| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
-    let db = Database::open(path).map_err(|e| open_error(Box::new(e)))?;
-    versions_held(&db).map_err(|e| open_error(Box::new(e)))
-}
-
-/// The refusal to open a store whose file `path` is gone while `holder` holds objects.
-fn missing(path: &Path, holder: PathBuf) -> StoreError {
+/// The failure to open the store's file at `path`.
+fn open_error(path: &Path, source: impl Into<Box<dyn StdError + Send + Sync>>) -> StoreError {
     StoreError::Open {
         path: path.to_path_buf(),
-        source: Box::new(LayoutError::Missing { holder }),
+        source: source.into(),
     }
+}
+
+/// Whether the file at `path` exists (an error if that cannot be told).
+fn exists(path: &Path) -> Result<bool, StoreError> {
+    path.try_exists().map_err(|e| open_error(path, e))
+}
+
+/// Whether the database file at `path` (which exists) holds any object. Creates no file
+/// and no table; redb repairs a file left by a crash, as opening it for use would.
+fn holds_objects(path: &Path) -> Result<bool, StoreError> {
+    let db = Database::open(path).map_err(|e| open_error(path, e))?;
+    versions_held(&db).map_err(|e| open_error(path, e))
 }
 
 /// Whether `db`'s `versions_v1` holds a row (a file without the table holds none).
@@ -1006,29 +999,26 @@ pub const CACHE_BYTES: usize = 16 << 20;
 impl Opened {
     /// Opens the file of shard `index` (a new file records `index` of [`SHARDS`]).
     fn open(path: &Path, maintain_fingerprints: bool, index: usize) -> Result<Opened, StoreError> {
-        let open_error = |source: Box<dyn StdError + Send + Sync>| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
         // redb caches up to 1 GiB by default; a node's memory must stay bounded and small
         // next to the values it moves, so the page cache is capped (for all shards).
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES / SHARDS)
             .create(path)
-            .map_err(|e| open_error(Box::new(e)))?;
+            .map_err(|e| open_error(path, e))?;
         let created = ShardLayout {
             index: index as u64,
             count: SHARDS as u64,
         };
-        let shard = match prepared(&db).map_err(open_error)? {
+        let shard = match prepared(&db).map_err(|e| open_error(path, e))? {
             Some(shard) => shard,
-            None => prepare(&db, created).map_err(open_error)?,
+            None => prepare(&db, created).map_err(|e| open_error(path, e))?,
         };
         if shard.index != index as u64 {
-            return Err(open_error(Box::new(LayoutError::Shard {
+            let mismatch = LayoutError::Shard {
                 found: shard,
                 expected: created,
-            })));
+            };
+            return Err(open_error(path, mismatch));
         }
         let mirror = Mirror::load(&db)?;
         Ok(Opened {
@@ -2150,6 +2140,14 @@ mod tests {
         .collect()
     }
 
+    /// How many ids `store` holds (tombstones included).
+    fn held(store: &dyn Store) -> usize {
+        store
+            .scan(&IdRange::ALL, None, usize::MAX)
+            .expect("scan")
+            .len()
+    }
+
     fn put_spread(store: &dyn Store, records: &[(Id, Version, [u8; 4])]) {
         let outcomes = store.put_batch(&PutItem::each(records)).expect("put_batch");
         assert!(outcomes.iter().all(|o| *o == PutOutcome::Written));
@@ -2242,13 +2240,7 @@ mod tests {
         put_spread(&store, &spread(100..150));
         drop(store);
         let store = RedbStore::open(&path).expect("reopen");
-        assert_eq!(
-            store
-                .scan(&IdRange::ALL, None, usize::MAX)
-                .expect("scan")
-                .len(),
-            150
-        );
+        assert_eq!(held(&store), 150);
     }
 
     #[test]
@@ -2292,13 +2284,7 @@ mod tests {
             std::fs::rename(&kept, lost).expect("restore the file");
         }
         let store = RedbStore::open(&first).expect("open restored");
-        assert_eq!(
-            store
-                .scan(&IdRange::ALL, None, usize::MAX)
-                .expect("scan")
-                .len(),
-            100
-        );
+        assert_eq!(held(&store), 100);
     }
 
     #[test]
