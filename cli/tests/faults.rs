@@ -1427,9 +1427,12 @@ fn metadata_files_damaged_between_gather_and_merge_stop_the_run_by_name_and_resu
             dir.as_deref().is_some_and(|d| !journaled(d).is_empty())
         });
         let dir = dir.unwrap();
-        // A range batch a few after the one in hand, not opened yet.
-        let next = journaled(&dir).into_iter().max().unwrap() + 4;
-        let range = rng.range(next as u64, 15) as usize;
+        // A range batch a few places after those in hand (two at once, in the run's
+        // order), not opened yet.
+        let order = mend_engine::run::far_apart((0..16).collect::<Vec<usize>>());
+        let place = |r: &usize| order.iter().position(|o| o == r).unwrap();
+        let next = journaled(&dir).iter().map(place).max().unwrap() + 4;
+        let range = order[rng.range(next as u64, 15) as usize];
         let slot = rng.range(0, 2);
         let victim = dir.join(format!("range{range:05}-slot{slot}-0000.meta"));
         let mut bytes = std::fs::read(&victim).unwrap();

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{self, StreamExt};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use crate::client::{Client, ClientError};
 use crate::compare::{self, IterateFilter, PlannedRange, Scope};
@@ -318,6 +318,8 @@ impl Rate {
 struct Limits {
     bytes: Option<Rate>,
     keys: Option<Rate>,
+    /// `-n`: keys executed at once, over all the range batches under way.
+    at_once: tokio::sync::Semaphore,
     per_node: usize,
     nodes: std::sync::Mutex<BTreeMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
 }
@@ -526,6 +528,7 @@ pub async fn run(
     let limits = Limits {
         bytes: Rate::new(config.max_bytes_per_sec),
         keys: Rate::new(config.max_keys_per_sec),
+        at_once: tokio::sync::Semaphore::new(config.concurrency.max(1)),
         per_node: if config.per_node == 0 {
             config.concurrency
         } else {
@@ -573,75 +576,145 @@ pub async fn run(
         }
     }
 
-    // Merge, decide, execute: range by range, a batch of keys at a time.
+    // Merge, decide, execute: a few range batches at once, each a batch of keys at a time.
     observer.phase(Phase::Recover, report.stats.gathered);
     let down = Down::default();
-    for (i, paths) in files {
-        let p = &planned[i];
-        let failed_before = report.failed.len();
-        check_headers(&paths, p)?;
-        let mut merged = kmerge::merge_files(&paths, p.owners.len())?;
-        loop {
-            if config.stop.requested() {
-                report.stopped = true;
-                break;
-            }
-            let mut batch = Vec::with_capacity(config.batch);
-            for item in merged.by_ref().take(config.batch.max(1)) {
-                let (id, records) = item?;
-                batch.push(key_state(config.mode, id, p, records));
-            }
-            if batch.is_empty() {
-                break;
-            }
-            let n = batch.len() as u64;
-            let fetch = Fetch {
-                client,
-                owners: &p.owners,
-                runtime: tokio::runtime::Handle::current(),
-            };
-            // Decide the whole batch before acting on any of it, off the async threads (a
-            // policy may be an external process).
-            let decisions = tokio::task::block_in_place(|| policy.decide_batch(&batch, &fetch))?;
-            if decisions.len() != batch.len() {
-                return Err(RunError::Policy(policy::PolicyError {
-                    policy: policy.name().to_string(),
-                    message: format!("{} decisions for {} keys", decisions.len(), batch.len()),
-                }));
-            }
-            let ctx = KeyContext {
-                client,
-                config,
-                policy,
-                observer,
-                down: &down,
-                limits: &limits,
-            };
-            // Small values go node to node in batches first; each key then takes its
-            // copies' outcomes from there.
-            let (pushed, bytes) = push_copies(ctx, p, &batch, &decisions).await;
-            report.stats.node_to_node_bytes += bytes;
-            let keys = batch.into_iter().zip(decisions).zip(pushed);
-            let outcomes: Vec<KeyOutcome> = stream::iter(keys)
-                .map(|((key, actions), pushed)| recover_key(ctx, p, key, actions, pushed))
-                .buffer_unordered(config.concurrency.max(1))
-                .collect()
-                .await;
-            for o in outcomes {
-                o.add_to(&mut report);
-            }
-            observer.advance(n);
-        }
-        // A range batch is done only when every key of it converged: a resumed run
-        // redoes the others, and the one a stop interrupted.
-        if report.stopped {
-            break;
-        }
-        if report.failed.len() == failed_before {
-            journal_append(&config.run_dir, i, p).map_err(dir_error)?;
+    let report = std::sync::Mutex::new(report);
+    let ranges = RangeContext {
+        keys: KeyContext {
+            client,
+            config,
+            policy,
+            observer,
+            down: &down,
+            limits: &limits,
+        },
+        report: &report,
+    };
+    // The first error ends the run: the range batches under way are dropped, and those
+    // not begun never start.
+    stream::iter(far_apart(files.into_iter().collect()))
+        .map(|(i, paths)| recover_range(ranges, i, &planned[i], paths))
+        .buffer_unordered(RANGES_AT_ONCE)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(report.into_inner().expect("report lock"))
+}
+
+/// Range batches recovered at once. One range batch keeps one pair of nodes busy (its
+/// owners are one node of each group) and, inside a node, one shard of its store, since
+/// its keys come in id order; several at once, far apart in the id space
+/// ([`far_apart`]), keep more of both busy: the destination's writer gets batches for
+/// both shards, and commits them at once. A 2 GiB bulk `mend dc` on loopback went from
+/// 338-375 MB/s to 405-417 with 2 (alternating scratch copies); 3 and 4 were no faster.
+const RANGES_AT_ONCE: usize = 2;
+
+/// `ranges` (in id order) reordered so that neighbours in the new order are half the id
+/// space apart: the first of the lower half, the first of the upper half, the second of
+/// the lower half, and so on. Range batches taken at once from this order are owned by
+/// different nodes where the route list gives each node a run of partitions, and fall in
+/// different shards of a node's store. It is the order a run takes its range batches in.
+pub fn far_apart<T>(ranges: Vec<T>) -> Vec<T> {
+    let upper_start = ranges.len().div_ceil(2);
+    let mut lower = Vec::with_capacity(upper_start);
+    let mut upper = Vec::with_capacity(ranges.len() - upper_start);
+    for (k, r) in ranges.into_iter().enumerate() {
+        if k < upper_start {
+            lower.push(r);
+        } else {
+            upper.push(r);
         }
     }
-    Ok(report)
+    let mut upper = upper.into_iter();
+    let mut out = Vec::with_capacity(lower.len() + upper.len());
+    for r in lower {
+        out.push(r);
+        out.extend(upper.next());
+    }
+    out
+}
+
+/// What recovering a range batch needs from its run: what its keys need, and the report,
+/// shared by the range batches under way, each locking it briefly to add outcomes.
+#[derive(Clone, Copy)]
+struct RangeContext<'a> {
+    keys: KeyContext<'a>,
+    report: &'a std::sync::Mutex<RunReport>,
+}
+
+/// Merges, decides and executes range batch `i` from its metadata files, a batch of keys
+/// at a time, and journals it if every key of it converged.
+async fn recover_range(
+    r: RangeContext<'_>,
+    i: usize,
+    p: &PlannedRange,
+    paths: Vec<PathBuf>,
+) -> Result<(), RunError> {
+    let ctx = r.keys;
+    let (client, config, policy) = (ctx.client, ctx.config, ctx.policy);
+    let lock = || r.report.lock().expect("report lock");
+    let mut failed_here = 0;
+    check_headers(&paths, p)?;
+    let mut merged = kmerge::merge_files(&paths, p.owners.len())?;
+    loop {
+        if config.stop.requested() {
+            lock().stopped = true;
+            // A range batch is done only when every key of it converged: a resumed run
+            // redoes the others, and the one a stop interrupted.
+            return Ok(());
+        }
+        let mut batch = Vec::with_capacity(config.batch);
+        for item in merged.by_ref().take(config.batch.max(1)) {
+            let (id, records) = item?;
+            batch.push(key_state(config.mode, id, p, records));
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let n = batch.len() as u64;
+        let fetch = Fetch {
+            client,
+            owners: &p.owners,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        // Decide the whole batch before acting on any of it, off the async threads (a
+        // policy may be an external process).
+        let decisions = tokio::task::block_in_place(|| policy.decide_batch(&batch, &fetch))?;
+        if decisions.len() != batch.len() {
+            return Err(RunError::Policy(policy::PolicyError {
+                policy: policy.name().to_string(),
+                message: format!("{} decisions for {} keys", decisions.len(), batch.len()),
+            }));
+        }
+        // Small values go node to node in batches first; each key then takes its
+        // copies' outcomes from there.
+        let (pushed, bytes) = push_copies(ctx, p, &batch, &decisions).await;
+        lock().stats.node_to_node_bytes += bytes;
+        let keys = batch.into_iter().zip(decisions).zip(pushed);
+        let outcomes: Vec<KeyOutcome> = stream::iter(keys)
+            .map(|((key, actions), pushed)| async move {
+                let _permit = ctx.limits.at_once.acquire().await;
+                recover_key(ctx, p, key, actions, pushed).await
+            })
+            .buffer_unordered(config.concurrency.max(1))
+            .collect()
+            .await;
+        let mut report = lock();
+        for o in outcomes {
+            let before = report.failed.len();
+            o.add_to(&mut report);
+            failed_here += report.failed.len() - before;
+        }
+        drop(report);
+        ctx.observer.advance(n);
+    }
+    if failed_here == 0 {
+        journal_append(&config.run_dir, i, p).map_err(|source| RunError::RunDir {
+            path: config.run_dir.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Transport errors name a peer by its address only: prefixes `why` with the ids of the
@@ -1531,7 +1604,8 @@ async fn push_copies(
     (out, total)
 }
 
-/// Pushes the engine has in flight at once.
+/// Pushes a range batch has in flight at once (a source node carries out at most
+/// [`crate::node`]'s own bound at a time, whichever run asks).
 const PUSHES_AT_ONCE: usize = 4;
 
 /// What one push did.
@@ -1661,5 +1735,18 @@ mod tests {
                 "{damaged:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn range_batches_taken_together_are_half_the_id_space_apart() {
+        assert_eq!(far_apart((0..8).collect()), vec![0, 4, 1, 5, 2, 6, 3, 7]);
+        assert_eq!(far_apart((0..5).collect()), vec![0, 3, 1, 4, 2]);
+        assert_eq!(far_apart(vec![7]), vec![7]);
+        assert_eq!(far_apart(Vec::<u8>::new()), Vec::<u8>::new());
+        // A resumed run's pending ranges: each once, in the same interleaving.
+        assert_eq!(
+            far_apart(vec![1, 2, 6, 9, 12, 15]),
+            vec![1, 9, 2, 12, 6, 15]
+        );
     }
 }
