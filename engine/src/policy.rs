@@ -155,7 +155,9 @@ pub trait RecoveryPolicy: Send + Sync + fmt::Debug {
 
     /// For [`Action::Merge`]: the merged value of `values` (one per source, in the order
     /// of the action's `sources`), or `None` if this policy cannot merge them. The engine
-    /// reads the values; the policy only computes.
+    /// reads the values; the policy only computes. It is called after the
+    /// [`RecoveryPolicy::decide_batch`] of the key's batch and before any other batch is
+    /// decided, so a policy may keep what that call found for it.
     fn merge_values(&self, _key: &KeyState, _values: &[&[u8]]) -> Option<Vec<u8>> {
         None
     }

@@ -590,6 +590,7 @@ pub async fn run(
             limits: &limits,
         },
         report: &report,
+        deciding: &tokio::sync::Mutex::new(()),
     };
     // The first error ends the run: the range batches under way are dropped, and those
     // not begun never start.
@@ -640,6 +641,11 @@ pub fn far_apart<T>(ranges: Vec<T>) -> Vec<T> {
 struct RangeContext<'a> {
     keys: KeyContext<'a>,
     report: &'a std::sync::Mutex<RunReport>,
+    /// Taken to decide a batch, and kept while a batch with merges is executed: no other
+    /// batch is decided between a batch's decisions and its merges (a policy may keep what
+    /// it decided for [`RecoveryPolicy::merge_values`], as the exec adapter keeps the
+    /// merged values a plugin gave).
+    deciding: &'a tokio::sync::Mutex<()>,
 }
 
 /// Merges, decides and executes range batch `i` from its metadata files, a batch of keys
@@ -679,12 +685,20 @@ async fn recover_range(
         };
         // Decide the whole batch before acting on any of it, off the async threads (a
         // policy may be an external process).
+        let mut deciding = Some(r.deciding.lock().await);
         let decisions = tokio::task::block_in_place(|| policy.decide_batch(&batch, &fetch))?;
         if decisions.len() != batch.len() {
             return Err(RunError::Policy(policy::PolicyError {
                 policy: policy.name().to_string(),
                 message: format!("{} decisions for {} keys", decisions.len(), batch.len()),
             }));
+        }
+        let merges = decisions
+            .iter()
+            .flatten()
+            .any(|a| matches!(a, Action::Merge { .. }));
+        if !merges {
+            deciding = None;
         }
         // Small values go node to node in batches first; each key then takes its
         // copies' outcomes from there.
@@ -699,6 +713,7 @@ async fn recover_range(
             .buffer_unordered(config.concurrency.max(1))
             .collect()
             .await;
+        drop(deciding);
         let mut report = lock();
         for o in outcomes {
             let before = report.failed.len();
