@@ -363,7 +363,7 @@ mkdir -p "$WORK/rsync/bulkdst"
 start_rsyncd nodelay
 dw=(); dmbs=()
 mw=(); mb=(); mr=(); mnr=(); mmbs=()
-declare -A rw rb rr rmbs
+declare -A rw rb rr rmbs round_mbs
 mbs_of() { awk -v b="$1" -v t="$2" 'BEGIN { printf "%.1f", b / t / 1e6 }'; }
 for ((k = 0; k < RUNS; k++)); do
   # The disk: what it takes the same bytes at when they must be on it at the end.
@@ -396,10 +396,11 @@ for ((k = 0; k < RUNS; k++)); do
     if [ "$QUICK" = 1 ]; then
       diff -r "$WORK/rsync/bulksrc" "$WORK/rsync/bulkdst" >/dev/null || fail "bulk trees differ after rsync $variant"
     fi
+    round_mbs[$variant]=$(mbs_of "$BULK" "$WALL")
     rw[$variant]+="$WALL "; rb[$variant]+="$WIRE "; rr[$variant]+="$RSS "
-    rmbs[$variant]+="$(mbs_of "$BULK" "$WALL") "
+    rmbs[$variant]+="${round_mbs[$variant]} "
   done
-  echo "  round $((k + 1)): disk ${dmbs[-1]}, mend ${mmbs[-1]}, rsync $(echo ${rmbs[plain]} | awk '{print $NF}'), rsync --fsync $(echo ${rmbs[fsync]} | awk '{print $NF}') MB/s" >&2
+  echo "  round $((k + 1)): disk ${dmbs[-1]}, mend ${mmbs[-1]}, rsync ${round_mbs[plain]}, rsync --fsync ${round_mbs[fsync]} MB/s" >&2
 done
 stop_rsyncd
 emit bulk "$bulk_case" "disk: dd conv=fdatasync" "$RUNS" "$RUNS" "$(median "${dw[@]}")" "${dw[*]}" "$(median "${dmbs[@]}")" \

@@ -284,6 +284,14 @@ fn journal_append(run_dir: &Path, index: usize, p: &PlannedRange) -> std::io::Re
     f.sync_all()
 }
 
+/// Maps an I/O error on the run dir `run_dir` (or a file in it) to a [`RunError`].
+fn run_dir_error(run_dir: &Path) -> impl Fn(std::io::Error) -> RunError + '_ {
+    |source| RunError::RunDir {
+        path: run_dir.to_path_buf(),
+        source,
+    }
+}
+
 /// A shared rate: callers take units and wait until the rate allows them.
 #[derive(Debug)]
 struct Rate {
@@ -502,15 +510,12 @@ pub async fn run(
         Mode::Dc => compare::plan(client, &scope)?,
         Mode::Merge => plan_merge(client, &scope)?,
     });
-    let dir_error = |source| RunError::RunDir {
-        path: config.run_dir.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&config.run_dir).map_err(dir_error)?;
+    let dir_error = run_dir_error(&config.run_dir);
+    std::fs::create_dir_all(&config.run_dir).map_err(&dir_error)?;
     let plan = plan_text(config, &planned);
     let run_file = config.run_dir.join(RUN_FILE);
     let done = if config.resume {
-        let started = std::fs::read_to_string(&run_file).map_err(dir_error)?;
+        let started = std::fs::read_to_string(&run_file).map_err(&dir_error)?;
         if started != plan {
             return Err(RunError::Resume {
                 path: run_file,
@@ -519,7 +524,7 @@ pub async fn run(
         }
         journal_check(&config.run_dir, &planned)?
     } else {
-        std::fs::write(&run_file, &plan).map_err(dir_error)?;
+        std::fs::write(&run_file, &plan).map_err(&dir_error)?;
         Default::default()
     };
     let mut report = RunReport::default();
@@ -615,20 +620,10 @@ const RANGES_AT_ONCE: usize = 2;
 /// the lower half, and so on. Range batches taken at once from this order are owned by
 /// different nodes where the route list gives each node a run of partitions, and fall in
 /// different shards of a node's store. It is the order a run takes its range batches in.
-pub fn far_apart<T>(ranges: Vec<T>) -> Vec<T> {
-    let upper_start = ranges.len().div_ceil(2);
-    let mut lower = Vec::with_capacity(upper_start);
-    let mut upper = Vec::with_capacity(ranges.len() - upper_start);
-    for (k, r) in ranges.into_iter().enumerate() {
-        if k < upper_start {
-            lower.push(r);
-        } else {
-            upper.push(r);
-        }
-    }
-    let mut upper = upper.into_iter();
-    let mut out = Vec::with_capacity(lower.len() + upper.len());
-    for r in lower {
+pub fn far_apart<T>(mut ranges: Vec<T>) -> Vec<T> {
+    let mut upper = ranges.split_off(ranges.len().div_ceil(2)).into_iter();
+    let mut out = Vec::with_capacity(ranges.len() + upper.len());
+    for r in ranges {
         out.push(r);
         out.extend(upper.next());
     }
@@ -724,10 +719,7 @@ async fn recover_range(
         ctx.observer.advance(n);
     }
     if failed_here == 0 {
-        journal_append(&config.run_dir, i, p).map_err(|source| RunError::RunDir {
-            path: config.run_dir.clone(),
-            source,
-        })?;
+        journal_append(&config.run_dir, i, p).map_err(run_dir_error(&config.run_dir))?;
     }
     Ok(())
 }
